@@ -1,0 +1,22 @@
+"""The `flywheel` command line: one Typer app assembled from the command modules."""
+
+from __future__ import annotations
+
+import typer
+
+from flywheel.commands import policy, seed, stack
+
+app = typer.Typer(
+    name="flywheel",
+    help="Flywheel: an LLM serving gateway with an online feedback loop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+app.command("seed-model")(seed.seed_model)
+app.command("up")(stack.up)
+app.command("serve")(stack.serve)
+app.add_typer(policy.app, name="policy")
+
+if __name__ == "__main__":
+    app()
