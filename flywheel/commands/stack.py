@@ -1,0 +1,52 @@
+"""`flywheel up` (everything on one machine) and `flywheel serve` (the gateway process alone)."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from flywheel.settings import Settings
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def up(
+    port: int = typer.Option(None, help="gateway port (default FLYWHEEL_PORT or 8000)"),
+    host: str = typer.Option(None, help="gateway host (default FLYWHEEL_HOST or 127.0.0.1)"),
+) -> None:
+    """Start broker, vLLM, gateway and consumer; print URLs and keys; Ctrl-C stops them all."""
+    from deploy.launcher import StackError, run_stack
+    from flywheel.procs import PortInUseError, ProcessStartError
+
+    overrides = {k: v for k, v in {"port": port, "host": host}.items() if v is not None}
+    settings = Settings(**overrides)
+    try:
+        code = run_stack(settings, Console())
+    except (PortInUseError, StackError) as exc:
+        _fail(str(exc))
+    except ProcessStartError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+def serve(
+    port: int = typer.Option(None, help="port (default FLYWHEEL_PORT or 8000)"),
+    host: str = typer.Option(None, help="host (default FLYWHEEL_HOST or 127.0.0.1)"),
+) -> None:
+    """Run the gateway alone, against FLYWHEEL_VLLM_URL and FLYWHEEL_DATABASE_URL."""
+    import uvicorn
+
+    from flywheel.procs import PortInUseError, ensure_port_free
+    from gateway.wiring import build_gateway
+
+    overrides = {k: v for k, v in {"port": port, "host": host}.items() if v is not None}
+    settings = Settings(**overrides)
+    try:
+        ensure_port_free(settings.host, settings.port, "the gateway")
+    except PortInUseError as exc:
+        _fail(str(exc))
+    app = build_gateway(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)

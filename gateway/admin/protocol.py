@@ -1,0 +1,93 @@
+"""Request and response bodies of the operator API (data only; behaviour lives in service.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.registry_models import AuditEntry, Version
+
+
+class RegisterRequest(BaseModel):
+    """``POST /admin/policies``. A lora is loaded into the shared vLLM; a full version brings its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["lora", "full"]
+    path: str = Field(min_length=1, description="adapter or checkpoint directory (or file) on the server")
+    parent: str | None = Field(None, description="the version this one was trained from")
+    notes: str | None = None
+    endpoint: str | None = Field(None, description="base_url of the version's own vLLM server (full only)")
+    served_model_name: str | None = Field(
+        None, description="full only: the model name its server answers to (default: the path)"
+    )
+
+
+class WeightRequest(BaseModel):
+    """``POST /admin/policies/{id}/weight``: share of traffic for a canary, 0..1."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    weight: float
+
+
+class ActionRequest(BaseModel):
+    """Optional body of promote / rollback / retire: why, for the audit log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = None
+
+
+class VersionOut(BaseModel):
+    id: str
+    object: Literal["policy_version"] = "policy_version"
+    parent: str | None
+    kind: str
+    status: str
+    weight: float
+    served_model_name: str
+    endpoint: str | None
+    artifact_path: str
+    artifact_sha256: str
+    created_at: datetime
+    notes: str | None
+    metrics: dict[str, Any]
+
+    @classmethod
+    def of(cls, v: Version) -> VersionOut:
+        return cls(
+            id=v.id, parent=v.parent, kind=v.kind, status=v.status, weight=v.weight,
+            served_model_name=v.served_model_name, endpoint=v.endpoint, artifact_path=v.artifact_path,
+            artifact_sha256=v.artifact_sha256, created_at=v.created_at, notes=v.notes, metrics=v.metrics,
+        )
+
+
+class VersionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VersionOut]
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    version_id: str
+    from_state: dict[str, Any] | None
+    to_state: dict[str, Any] | None
+    details: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, a: AuditEntry) -> AuditOut:
+        return cls(
+            id=a.id, at=a.at, actor=a.actor, action=a.action, version_id=a.version_id,
+            from_state=a.from_state, to_state=a.to_state, details=a.details,
+        )
+
+
+class AuditList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AuditOut]

@@ -1,0 +1,69 @@
+"""The FastAPI app factory: takes built services, mounts routers and middleware. Builds nothing itself.
+
+``gateway.wiring.build_gateway`` constructs the services from Settings; tests may construct them
+differently (other ports, databases) and call ``create_app`` directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from flywheel.settings import Settings
+from gateway.admin.router import build_admin_router
+from gateway.admin.service import AdminService
+from gateway.auth import KeyRing
+from gateway.backends import BackendPool
+from gateway.chat.router import build_chat_router
+from gateway.chat.service import ChatService
+from gateway.errors import install_error_handlers
+from gateway.feedback.router import build_feedback_router
+from gateway.feedback.service import FeedbackService
+from gateway.health import build_health_router
+from gateway.middleware import BodySizeLimit, TracingMiddleware
+from gateway.telemetry import Telemetry
+from gateway.web.router import build_web_router
+
+
+async def _maybe_await(result: object) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
+def create_app(
+    settings: Settings,
+    *,
+    chat: ChatService,
+    admin: AdminService,
+    backends: BackendPool,
+    telemetry: Telemetry,
+    registry_ok: Callable[[], bool],
+    feedback: FeedbackService | None = None,
+    on_startup: list[Callable[[], Awaitable[object] | object]] | None = None,
+    on_shutdown: list[Callable[[], Awaitable[object] | object]] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for hook in on_startup or []:
+            await _maybe_await(hook())
+        yield
+        for hook in on_shutdown or []:  # before backends close: pending adapter unloads need the client
+            await _maybe_await(hook())
+        await backends.aclose()
+        telemetry.shutdown()
+
+    app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
+    app.state.keyring = KeyRing.from_settings(settings)
+    install_error_handlers(app)
+    app.include_router(build_health_router(registry_ok, backends, telemetry.metrics.registry))
+    app.include_router(build_chat_router(chat))
+    app.include_router(build_admin_router(admin, settings))
+    if feedback is not None:
+        app.include_router(build_feedback_router(feedback, settings.feedback_max_body_bytes))
+    app.include_router(build_web_router())
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(TracingMiddleware, tracer=telemetry.tracer)
+    return app

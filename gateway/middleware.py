@@ -1,0 +1,101 @@
+"""Pure-ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): body-size limit and tracing.
+
+The tracing middleware opens the root span of each request and returns its trace id in the
+``X-Trace-Id`` header, so a user's bug report can be matched to the trace and the logs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from opentelemetry import trace
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import error_body
+
+TRACE_HEADER = b"x-trace-id"
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``max_bytes`` with an OpenAI-shaped 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _send_json(send, 400, error_body("invalid Content-Length", "invalid_request_error"))
+                    return
+                if declared > self.max_bytes:
+                    await _send_json(send, 413, self._too_large())
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _send_json(send, 413, self._too_large())
+
+    def _too_large(self) -> dict[str, Any]:
+        return error_body(
+            f"request body larger than {self.max_bytes} bytes", "invalid_request_error", None, "payload_too_large"
+        )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class TracingMiddleware:
+    """Root span per HTTP request; trace id echoed in ``X-Trace-Id``."""
+
+    def __init__(self, app: ASGIApp, tracer: trace.Tracer) -> None:
+        self.app = app
+        self.tracer = tracer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        name = f"{scope['method']} {scope['path']}"
+        with self.tracer.start_as_current_span(name, kind=trace.SpanKind.SERVER) as span:
+            trace_id = format(span.get_span_context().trace_id, "032x").encode()
+            scope.setdefault("state", {})["trace_id"] = trace_id.decode()
+
+            async def send_with_trace(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), (TRACE_HEADER, trace_id)]
+                    span.set_attribute("http.status_code", message["status"])
+                await send(message)
+
+            await self.app(scope, receive, send_with_trace)

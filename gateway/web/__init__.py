@@ -1,0 +1,1 @@
+"""The chat page at ``/``: plain HTML + JS served as static files (no build step)."""

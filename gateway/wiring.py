@@ -1,0 +1,96 @@
+"""Build a gateway app from Settings: the one place that constructs the gateway's objects.
+
+Start-up registers the seed policy as the first stable version (idempotent), so a fresh database
+serves immediately.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from feedback.producer import EventProducer
+from feedback.tokens import FeedbackTokenSigner
+from flywheel.db import create_schema, make_engine
+from flywheel.settings import Settings
+from gateway.admin.service import AdminService
+from gateway.app import create_app
+from gateway.backends import BackendPool
+from gateway.chat.service import ChatService
+from gateway.feedback.service import FeedbackService
+from gateway.interactions import InteractionRecorder
+from gateway.routing.cache import RoutingTableCache
+from gateway.telemetry import Telemetry, configure_json_logging
+from policies.registry import PolicyRegistry
+from policies.vllm_client import PolicyClient
+
+log = logging.getLogger(__name__)
+
+
+def _feedback_secret(settings: Settings) -> str:
+    if settings.feedback_secret:
+        return settings.feedback_secret
+    log.warning("FLYWHEEL_FEEDBACK_SECRET is unset: feedback tokens are valid in this process only")
+    return secrets.token_urlsafe(32)
+
+
+def build_gateway(settings: Settings) -> FastAPI:
+    configure_json_logging(settings.log_level)
+    engine = make_engine(settings.effective_database_url)
+    create_schema(engine)
+    registry = PolicyRegistry(engine)
+    registry.ensure_seed(settings.seed_model_dir, served_model_name=settings.seed_model_name)
+
+    max_adapters = settings.vllm_max_loras - 1  # one LoRA slot always free: see policies/vllm_server.py
+    default_client = PolicyClient(
+        settings.effective_vllm_url, timeout_s=settings.upstream_timeout_s, max_adapters=max_adapters
+    )
+    backends = BackendPool(
+        default_client, lambda url: PolicyClient(url, timeout_s=settings.upstream_timeout_s)
+    )
+    telemetry = Telemetry.create("flywheel-gateway", settings.otlp_endpoint)
+    routes = RoutingTableCache(registry, ttl_s=settings.registry_cache_s)
+    # One spool file per gateway process (a spool is single-writer): keyed by the port it serves.
+    spool_path = settings.spool_path or settings.var_dir / "spool" / f"gateway-{settings.port}.db"
+    producer = EventProducer(settings.model_copy(update={"spool_path": spool_path}), client_id="flywheel-gateway")
+    recorder = InteractionRecorder(producer, settings.user_hash_salt)
+    signer = FeedbackTokenSigner(_feedback_secret(settings), settings.feedback_token_ttl_s)
+    chat = ChatService(
+        routes,
+        backends,
+        telemetry,
+        signer=signer,
+        recorder=recorder,
+        max_n=settings.max_n,
+        max_tokens_cap=settings.max_tokens_cap,
+        max_messages=settings.max_messages,
+    )
+    feedback = FeedbackService.from_settings(settings, producer, signer, telemetry.metrics.registry)
+    admin = AdminService(
+        registry, default_client, max_loaded_adapters=max_adapters,
+        unload_grace_s=settings.adapter_unload_grace_s,
+        on_change=routes.invalidate,
+    )
+
+    def registry_ok() -> bool:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("select 1"))
+        except Exception:  # noqa: BLE001 - readiness only reports, never raises
+            return False
+        return True
+
+    return create_app(
+        settings,
+        chat=chat,
+        admin=admin,
+        feedback=feedback,
+        backends=backends,
+        telemetry=telemetry,
+        registry_ok=registry_ok,
+        on_startup=[admin.restore_adapters],
+        on_shutdown=[admin.aclose, routes.close, recorder.close, producer.close, engine.dispose],
+    )

@@ -1,0 +1,1 @@
+"""The filters a :class:`safety.chain.SafetyChain` runs; one module per filter."""

@@ -1,0 +1,135 @@
+"""The pure parts of `flywheel bench gateway`: wrk output parsing, the Lua script, the summary arithmetic,
+and the docs section replacement. No timing assertions: numbers come from the bench command only."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from flywheel.bench.loadgen import RESULT_MARKER, LoadGenError, WrkResult, lua_script, parse_wrk_output
+from flywheel.bench.report import provenance, replace_section, write_section
+from flywheel.bench.stub_server import build_routes
+from flywheel.bench.summary import Point, added_ms, max_rps, target_checks
+
+WRK_TEXT = """\
+Running 5s test @ http://127.0.0.1:9001/v1/chat/completions
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   412.33us  150.20us   9.81ms   91.02%
+    Req/Sec    38.91k     2.10k   44.02k    70.00%
+  Latency Distribution
+     50%  380.00us
+     75%  450.00us
+     90%  520.00us
+     99%    1.20ms
+  387215 requests in 5.01s, 150.32MB read
+  Socket errors: connect 0, read 3, write 0, timeout 2
+  Non-2xx or 3xx responses: 7
+Requests/sec:  77288.42
+Transfer/sec:     30.01MB
+"""
+
+
+def test_parse_text_report_converts_units_and_counts_errors() -> None:
+    r = parse_wrk_output(WRK_TEXT)
+    assert r.requests == 387215
+    assert r.duration_s == pytest.approx(5.01)
+    assert r.rps == pytest.approx(77288.42)
+    assert r.p50_ms == pytest.approx(0.38)
+    assert r.p90_ms == pytest.approx(0.52)
+    assert r.p99_ms == pytest.approx(1.2)
+    assert r.errors == {"read": 3, "timeout": 2, "status": 7}
+    assert r.failed == 12
+
+
+def test_done_line_wins_over_rounded_text() -> None:
+    line = (
+        f'{RESULT_MARKER} {{"requests":1000,"duration_us":2000000,"bytes":5,"p50_us":1234,"p90_us":2000,'
+        '"p99_us":9876,"max_us":12000,"mean_us":1500.50,"connect":0,"read":0,"write":0,"status":0,"timeout":0}'
+    )
+    r = parse_wrk_output(WRK_TEXT + "\n" + line + "\n")
+    assert r.rps == pytest.approx(500.0)
+    assert (r.p50_ms, r.p99_ms, r.max_ms) == (pytest.approx(1.234), pytest.approx(9.876), pytest.approx(12.0))
+    assert r.errors == {} and r.failed == 0
+
+
+def test_unparseable_output_raises() -> None:
+    with pytest.raises(LoadGenError):
+        parse_wrk_output("wrk: connection refused\n")
+
+
+def test_lua_script_quotes_body_and_key_safely() -> None:
+    body = '{"content":"a ]] b ]=] c"}'
+    script = lua_script(body, "sk-1")
+    assert "[==[" + body + "]==]" in script  # a level no ']..]' inside the body can close
+    assert 'wrk.headers["Authorization"] = [[Bearer sk-1]]' in script
+    assert "Authorization" not in lua_script(body, None)
+
+
+def test_stub_answers_are_valid_http_and_chat_completion() -> None:
+    import json
+
+    routes = build_routes("m")
+    raw = routes[(b"POST", b"/v1/chat/completions")]
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert f"content-length: {len(payload)}".encode() in head
+    data = json.loads(payload)
+    assert data["object"] == "chat.completion" and data["model"] == "m"
+    assert data["choices"][0]["message"]["role"] == "assistant"
+
+
+def _pt(backend: str, path: str, c: int, rps: float, p50: float, p99: float) -> Point:
+    return Point(backend, path, c, WrkResult(requests=1, duration_s=1, rps=rps, p50_ms=p50, p99_ms=p99))
+
+
+def test_added_latency_throughput_and_targets() -> None:
+    points = [
+        _pt("stub", "direct", 1, 20000, 0.05, 0.2), _pt("stub", "flywheel", 1, 1500, 0.6, 1.5),
+        _pt("stub", "litellm", 1, 150, 5.0, 9.0), _pt("stub", "direct", 32, 70000, 0.4, 2.0),
+        _pt("stub", "flywheel", 32, 2500, 12.0, 11.0), _pt("stub", "litellm", 32, 200, 150.0, 300.0),
+        _pt("vllm", "direct", 32, 100, 300.0, 400.0), _pt("vllm", "flywheel", 32, 96, 310.0, 420.0),
+    ]  # fmt: skip
+    assert added_ms(points, "stub", "flywheel", 1, "p50") == pytest.approx(0.55)
+    assert added_ms(points, "stub", "flywheel", 32, "p99") == pytest.approx(9.0)
+    assert added_ms(points, "vllm", "litellm", 32, "p50") is None
+    assert max_rps(points, "stub", "flywheel") == 2500
+    checks = target_checks(points)
+    assert [c.ok for c in checks] == [True, True, True, True, True]
+    assert checks[2].measured == pytest.approx(4.95 / 0.55)  # LiteLLM's added p50 over Flywheel's
+    assert checks[3].measured == pytest.approx(2500 / 200)
+    assert checks[4].measured == pytest.approx(0.96)
+
+
+def test_targets_not_measured_are_none() -> None:
+    checks = target_checks([_pt("stub", "direct", 1, 1, 0.1, 0.1), _pt("stub", "flywheel", 1, 1, 5.0, 6.0)])
+    assert checks[0].ok is False
+    assert [c.ok for c in checks[2:]] == [None, None, None]
+
+
+def test_replace_section_keeps_other_sections(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    write_section(page, "gateway", "first")
+    write_section(page, "trainer", "T")
+    write_section(page, "gateway", "second $1 \\g<0>")  # replacement text is literal, not a regex template
+    text = page.read_text()
+    assert text.startswith("# Benchmarks")
+    assert "first" not in text
+    assert "<!-- bench:gateway -->\nsecond $1 \\g<0>\n<!-- /bench:gateway -->" in text
+    assert "<!-- bench:trainer -->\nT\n<!-- /bench:trainer -->" in text
+    assert text.count("<!-- bench:gateway -->") == 1
+
+
+def test_replace_section_appends_to_existing_page_and_rejects_bad_names() -> None:
+    assert replace_section("# Mine\n\ntext\n", "x", "body") == "# Mine\n\ntext\n\n<!-- bench:x -->\nbody\n<!-- /bench:x -->\n"
+    with pytest.raises(ValueError):
+        replace_section("", "bad name -->", "x")
+
+
+def test_provenance_names_date_machine_and_command() -> None:
+    text = provenance(["/x/bin/flywheel", "bench", "gateway", "--duration", "5"], now=dt.datetime(2026, 11, 25, 12, 0))
+    assert "2026-11-25 12:00" in text
+    assert "CPU cores" in text
+    assert "`flywheel bench gateway --duration 5`" in text

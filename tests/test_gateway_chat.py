@@ -1,0 +1,195 @@
+"""The chat API through a real gateway process in front of real vLLM, driven by the official SDK."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from flywheel.procs import free_port
+from tests.fixtures.gateway import GatewayHandle
+
+pytestmark = pytest.mark.vllm
+
+MESSAGES = [{"role": "user", "content": "How much does Kestrel Backup cost?"}]
+
+
+def client(gw: GatewayHandle, key: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.v1, api_key=key or gw.api_key, max_retries=0)
+
+
+def test_sync_completion_has_flywheel_object(gateway: GatewayHandle) -> None:
+    resp = client(gateway).chat.completions.create(
+        model="flywheel", messages=MESSAGES, max_tokens=24, temperature=0, seed=1
+    )
+    assert resp.choices[0].message.content
+    assert resp.usage and resp.usage.completion_tokens > 0
+    extra = resp.model_extra["flywheel"]
+    assert extra["policy_version"] == "seed"
+    assert extra["response_id"] == resp.id
+
+
+def test_raw_response_carries_trace_id(gateway: GatewayHandle) -> None:
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="flywheel", messages=MESSAGES, max_tokens=4
+    )
+    assert len(raw.headers["x-trace-id"]) == 32
+
+
+async def test_async_completion_n_logprobs_stop(gateway: GatewayHandle) -> None:
+    aclient = openai.AsyncOpenAI(base_url=gateway.v1, api_key=gateway.api_key, max_retries=0)
+    resp = await aclient.chat.completions.create(
+        model="flywheel", messages=MESSAGES, max_tokens=12, temperature=0.8, top_p=0.9, n=3,
+        logprobs=True, top_logprobs=2, stop=["\n\n"], user="alice",
+    )  # fmt: skip
+    assert len(resp.choices) == 3
+    assert resp.choices[0].logprobs is not None and resp.choices[0].logprobs.content
+    assert len(resp.choices[0].logprobs.content[0].top_logprobs) == 2
+    await aclient.close()
+
+
+def test_stream_final_chunk_carries_flywheel(gateway: GatewayHandle) -> None:
+    stream = client(gateway).chat.completions.create(
+        model="flywheel", messages=MESSAGES, max_tokens=16, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert any(c.usage is not None for c in chunks)
+    last = chunks[-1]
+    assert last.model_extra["flywheel"]["policy_version"] == "seed"
+    assert all(c.id == last.id for c in chunks)
+    same = client(gateway).chat.completions.create(
+        model="flywheel", messages=MESSAGES, max_tokens=16, temperature=0
+    )
+    assert same.choices[0].message.content == text
+
+
+def test_stream_without_usage_hides_usage(gateway: GatewayHandle) -> None:
+    chunks = list(
+        client(gateway).chat.completions.create(
+            model="flywheel", messages=MESSAGES, max_tokens=8, stream=True
+        )
+    )
+    assert all(c.usage is None for c in chunks)
+
+
+async def test_async_stream(gateway: GatewayHandle) -> None:
+    aclient = openai.AsyncOpenAI(base_url=gateway.v1, api_key=gateway.api_key, max_retries=0)
+    stream = await aclient.chat.completions.create(
+        model="flywheel", messages=MESSAGES, max_tokens=8, stream=True
+    )
+    parts = [c async for c in stream]
+    assert parts[-1].model_extra["flywheel"]["response_id"] == parts[0].id
+    await aclient.close()
+
+
+def test_models_lists_routed_model_and_versions(gateway: GatewayHandle) -> None:
+    ids = [m.id for m in client(gateway).models.list()]
+    assert "flywheel" in ids and "seed" in ids
+
+
+def test_pinning_a_version_by_model_name(gateway: GatewayHandle) -> None:
+    resp = client(gateway).chat.completions.create(model="seed", messages=MESSAGES, max_tokens=4)
+    assert resp.model_extra["flywheel"]["policy_version"] == "seed"
+
+
+# --- errors ------------------------------------------------------------------------------------
+def test_missing_and_wrong_key(gateway: GatewayHandle) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        client(gateway, key="nope").chat.completions.create(model="flywheel", messages=MESSAGES)
+    resp = httpx.post(f"{gateway.v1}/chat/completions", json={"model": "flywheel", "messages": MESSAGES})
+    assert resp.status_code == 401
+    assert resp.json()["error"]["type"] == "authentication_error"
+
+
+def test_unknown_model_is_404(gateway: GatewayHandle) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client(gateway).chat.completions.create(model="gpt-9", messages=MESSAGES)
+    assert info.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": "flywheel", "messages": MESSAGES, "n": 999}, 400, "n"),
+        ({"model": "flywheel", "messages": MESSAGES, "max_tokens": 10**6}, 400, "max_tokens"),
+        ({"model": "flywheel", "messages": MESSAGES * 300}, 400, "messages"),
+        ({"model": "flywheel", "messages": []}, 422, "messages"),
+        ({"model": "flywheel"}, 422, "messages"),
+        ({"model": "flywheel", "messages": MESSAGES, "temperature": "hot"}, 422, "temperature"),
+    ],
+)
+def test_bad_requests_are_openai_shaped(gateway: GatewayHandle, body: dict, status: int, param: str) -> None:
+    resp = httpx.post(
+        f"{gateway.v1}/chat/completions", json=body, headers={"Authorization": f"Bearer {gateway.api_key}"}
+    )
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert err["param"] and err["param"].startswith(param)
+    assert "Traceback" not in resp.text
+
+
+def test_n_above_one_with_greedy_is_a_clean_400(gateway: GatewayHandle) -> None:
+    with pytest.raises(openai.BadRequestError):
+        client(gateway).chat.completions.create(model="flywheel", messages=MESSAGES, n=2, temperature=0)
+
+
+def test_invalid_json_and_oversized_body(gateway: GatewayHandle) -> None:
+    headers = {"Authorization": f"Bearer {gateway.api_key}", "Content-Type": "application/json"}
+    bad = httpx.post(f"{gateway.v1}/chat/completions", content=b"{not json", headers=headers)
+    assert bad.status_code == 422 and "error" in bad.json()
+    big = httpx.post(f"{gateway.v1}/chat/completions", content=b"x" * 2_000_000, headers=headers)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
+
+
+def test_unreachable_vllm_is_503_with_retry_after(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory("dead", ready_path="/healthz", FLYWHEEL_VLLM_URL=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(openai.APIStatusError) as info:
+        client(gw).chat.completions.create(model="flywheel", messages=MESSAGES)
+    assert info.value.status_code == 503
+    assert info.value.response.headers["retry-after"]
+    assert httpx.get(f"{gw.url}/readyz").status_code == 503
+
+
+def test_upstream_timeout_is_504(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory("slow", FLYWHEEL_UPSTREAM_TIMEOUT_S="0.01")
+    with pytest.raises(openai.APIStatusError) as info:
+        client(gw).chat.completions.create(
+            model="flywheel", messages=MESSAGES, max_tokens=900, temperature=1.0, n=8,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+    assert info.value.status_code == 504
+
+
+# --- telemetry -----------------------------------------------------------------------------------
+def test_metrics_and_health(gateway: GatewayHandle) -> None:
+    client(gateway).chat.completions.create(model="flywheel", messages=MESSAGES, max_tokens=2)
+    text = httpx.get(f"{gateway.url}/metrics").text
+    assert 'flywheel_requests_total{policy_version="seed",status="200"}' in text
+    assert "flywheel_request_latency_seconds_bucket" in text
+    assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{gateway.url}/readyz").json()["policy_server"] is True
+
+
+async def test_client_disconnect_cancels_upstream(gateway: GatewayHandle, vllm_server) -> None:  # type: ignore[no-untyped-def]
+    """Closing the stream early must abort the vLLM request, not leave it generating."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with http.stream(
+            "POST", f"{gateway.v1}/chat/completions",
+            headers={"Authorization": f"Bearer {gateway.api_key}"},
+            json={"model": "flywheel", "messages": MESSAGES, "max_tokens": 1000, "stream": True,
+                  "ignore_eos": True},
+        ) as resp:  # fmt: skip
+            async for _ in resp.aiter_lines():
+                break
+    for _ in range(50):
+        metrics = (await httpx.AsyncClient().get(f"{vllm_server.url}/metrics")).text
+        running = [l for l in metrics.splitlines() if l.startswith("vllm:num_requests_running")]
+        if running and all(float(l.rsplit(" ", 1)[1]) == 0 for l in running):
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"vLLM still running the request after the client left: {running}")

@@ -1,0 +1,110 @@
+"""PII redaction: what must be caught, what must be left alone, and unicode tricks."""
+
+from __future__ import annotations
+
+import pytest
+
+from safety.pii import iban_valid, luhn_valid, normalise, redact
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "secret"),
+    [
+        ("mail me at john.doe+tag@example.co.uk please", "EMAIL", "john.doe+tag@example.co.uk"),
+        ("write to jane [at] example [dot] org", "EMAIL", "example"),
+        ("call +44 20 7946 0958 now", "PHONE", "7946 0958"),
+        ("call +1 (555) 123-4567", "PHONE", "123-4567"),
+        ("US: (555) 123-4567.", "PHONE", "123-4567"),
+        ("US: 555-123-4567", "PHONE", "555-123-4567"),
+        ("US: 555.123.4567", "PHONE", "555.123.4567"),
+        ("toll free 1-800-555-1234", "PHONE", "555-1234"),
+        ("FR: 06 12 34 56 78", "PHONE", "06 12 34 56 78"),
+        ("DE: 0171 1234567", "PHONE", "1234567"),
+        ("DE intl: 0049 30 1234567", "PHONE", "1234567"),
+        ("UK: 020 7946 0958", "PHONE", "7946 0958"),
+        ("card 4111 1111 1111 1111 exp", "CARD", "1111 1111"),
+        ("card 4111-1111-1111-1111", "CARD", "4111-1111"),
+        ("amex 378282246310005", "CARD", "378282246310005"),
+        ("card 4111111111111111 2 times", "CARD", "4111111111111111"),
+        ("+44 20 7946 0958 4111 1111 1111 1111 adjacent", "CARD", "4111 1111 1111"),
+        ("+44 20 7946 0958 4111 1111 1111 1111 adjacent", "PHONE", "7946 0958"),
+        ("iban DE89 3704 0044 0532 0130 00 ok", "IBAN", "3704"),
+        ("iban GB82WEST12345698765432", "IBAN", "GB82WEST12345698765432"),
+        ("iban fr1420041010050500013m02606", "IBAN", "20041010050500013"),
+        ("server 192.168.1.20 is down", "IP", "192.168.1.20"),
+        ("v6 2001:db8::8a2e:370:7334 here", "IP", "2001:db8::8a2e:370:7334"),
+        ("loopback ::1 and fe80::1%eth0", "IP", "fe80::1"),
+        ("key sk-proj-abcdefghijklmnop1234567890", "SECRET", "abcdefghijklmnop"),
+        ("aws AKIAIOSFODNN7EXAMPLE", "SECRET", "AKIAIOSFODNN7EXAMPLE"),
+        ("gh ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "SECRET", "ghp_aBcD"),
+        ("Authorization: Bearer abc.def-ghi_jkl123", "SECRET", "abc.def-ghi_jkl123"),
+        ("url?api_key=9f86d081884c7d659a2feaa0c55ad015&x=1", "SECRET", "9f86d081884c7d659a2f"),
+        ('{"token": "dGhpcyBpcyBhIHNlY3JldCB0b2tlbg=="}', "SECRET", "dGhpcyBp"),
+        ("password: hunter2hunter", "SECRET", "hunter2"),
+    ],
+)
+def test_redacts(text: str, kind: str, secret: str) -> None:
+    result = redact(text)
+    assert secret not in result.text, result.text
+    assert result.kinds.get(kind, 0) >= 1, (result.text, result.kinds)
+    assert f"[{kind}]" in result.text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order 4111 1111 1111 1112 shipped",  # 16 digits failing Luhn: not a card
+        "tracking 1234567812345678",  # 16 digits, not Luhn
+        "iban DE89370400440532013001",  # bad mod-97 checksum
+        "meeting on 2024-01-15 at 12:30:45",
+        "date 01.02.2024 and 15/03/2025",
+        "version 1.2.3.4.5 and python 3.11.4",
+        "it costs 1,000,000 dollars, or 12345 euros",
+        "order number 123456789",
+        "mac 00:1A:2B:3C:4D:5E",
+        "a plain sentence about keys and tokens in general",
+        "the token budget is 4096",
+        "sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    ],
+)
+def test_leaves_innocent_text(text: str) -> None:
+    result = redact(text)
+    assert result.kinds == {}, (result.text, result.kinds)
+    assert result.text == text
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ", "EMAIL"),  # fullwidth
+        ("jo\u200bhn@exa\u200dmple.com", "EMAIL"),  # zero-width chars inside
+        ("card ４１１１ １１１１ １１１１ １１１１", "CARD"),  # fullwidth digits
+        ("card 4111\u20131111\u20131111\u20131111", "CARD"),  # en dashes
+        ("card 4111\u00a01111\u202f1111\u20091111", "CARD"),  # exotic spaces
+        ("card 41\u200b11111111111111", "CARD"),
+        ("call \u0665\u0665\u0665-\u0661\u0662\u0663-\u0664\u0665\u0666\u0667", "PHONE"),  # Arabic-Indic digits
+        ("ip １９２．１６８．０．１", "IP"),
+        ("key s\u200bk-abcdefghijklmnopqrstuv", "SECRET"),
+    ],
+)
+def test_unicode_tricks(text: str, kind: str) -> None:
+    result = redact(text)
+    assert result.kinds.get(kind, 0) >= 1, (result.text, result.kinds)
+
+
+def test_counts_and_idempotence() -> None:
+    text = "a@b.com, c@d.org, 4111 1111 1111 1111, +33 6 12 34 56 78"
+    first = redact(text)
+    assert first.kinds == {"EMAIL": 2, "CARD": 1, "PHONE": 1}
+    second = redact(first.text)
+    assert second.text == first.text
+    assert second.kinds == {}
+
+
+def test_checksums() -> None:
+    assert luhn_valid("4111111111111111")
+    assert not luhn_valid("4111111111111112")
+    assert iban_valid("DE89370400440532013000")
+    assert not iban_valid("DE89370400440532013001")
+    assert normalise("a\u200bb\uff10") == "ab0"
+    assert redact("").text == ""
