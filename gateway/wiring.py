@@ -67,6 +67,7 @@ def build_gateway(settings: Settings) -> FastAPI:
         max_n=settings.max_n,
         max_tokens_cap=settings.max_tokens_cap,
         max_messages=settings.max_messages,
+        max_in_flight=settings.max_in_flight,
     )
     feedback = FeedbackService.from_settings(settings, producer, signer, telemetry.metrics.registry)
     admin = AdminService(

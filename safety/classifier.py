@@ -10,6 +10,7 @@ training scores (grouped by template family) for a target false-positive rate, n
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,18 @@ import numpy as np
 from safety.dataset import ATTACK_LABELS, LABELS, Example
 
 WEIGHTS_FILE = "head.npz"
+_PIECE_SPLIT = re.compile(r"(?<=[.!?:;])\s+|\n+|[\"'<>\[\]]")
+MAX_PIECES = 4
+
+
+def segments(text: str) -> list[str]:
+    """The whole prompt plus its sentences / quoted parts (at most ``MAX_PIECES``, 3+ words each).
+
+    An instruction smuggled into a quoted document or tacked onto a harmless opener is diluted in
+    the whole prompt's mean-pooled embedding; scored on its own, it stands out.
+    """
+    pieces = [p.strip() for p in _PIECE_SPLIT.split(text) if p and len(p.split()) >= 3]
+    return [text, *pieces[:MAX_PIECES]] if len(pieces) > 1 else [text]
 MANIFEST_FILE = "manifest.json"
 
 
@@ -41,9 +54,9 @@ class TrainConfig:
 
     c: float = 4.0  # inverse L2 strength
     max_iter: int = 3000
-    target_fp_rate: float = 0.01  # on out-of-fold benign training prompts
+    target_fp_rate: float = 0.05  # on out-of-fold benign training prompts
     min_threshold: float = 0.35
-    max_threshold: float = 0.9
+    max_threshold: float = 0.97
     folds: int = 5
     seed: int = 0
 
@@ -89,21 +102,33 @@ class SafetyClassifier:
 
     def prime(self, texts: list[str]) -> None:
         """Embed many prompts in one batch into the memo (evaluation: far faster than one by one)."""
-        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        todo = [s for t in dict.fromkeys(texts) for s in segments(t) if s not in self._cache]
+        todo = list(dict.fromkeys(todo))
         if not todo:
             return
         self._cache_size = max(self._cache_size, len(self._cache) + len(todo))
         for text, vec in zip(todo, np.asarray(self.encoder.encode(todo), dtype=np.float32), strict=True):
             self._cache[text] = vec
 
+    def embed_many(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of several texts, encoding only the uncached ones, in one batch."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if todo:
+            for text, vec in zip(todo, np.asarray(self.encoder.encode(todo), dtype=np.float32), strict=True):
+                self._cache[text] = vec
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return np.stack([self._cache[t] if t in self._cache else self.embed(t) for t in texts])
+
     def score(self, text: str) -> tuple[float, str]:
-        """(probability of attack, most likely label)."""
-        probs = self.probabilities(self.embed(text)[None, :])[0]
-        return float(probs[self._attack_idx].sum()), self.labels[int(probs.argmax())]
+        """(probability of attack, most likely label), maxed over the prompt's segments."""
+        probs = self.probabilities(self.embed_many(segments(text)))
+        attack = probs[:, self._attack_idx].sum(axis=1)
+        worst = int(attack.argmax())
+        return float(attack[worst]), self.labels[int(probs[worst].argmax())]
 
     def attack_scores(self, texts: list[str]) -> np.ndarray:
-        probs = self.probabilities(np.asarray(self.encoder.encode(texts), dtype=np.float32))
-        return probs[:, self._attack_idx].sum(axis=1)
+        return np.asarray([self.score(t)[0] for t in texts])
 
     # --- persistence -----------------------------------------------------------------------
     def save(self, out_dir: Path, manifest: dict[str, Any]) -> None:
@@ -137,18 +162,36 @@ def _fit(x: np.ndarray, y: np.ndarray, config: TrainConfig) -> Any:
     return model.fit(x, y)
 
 
-def _pick_threshold(x: np.ndarray, y: np.ndarray, groups: list[str], config: TrainConfig) -> tuple[float, dict[str, float]]:
+def _attack_max(model: Any, emb: dict[str, np.ndarray], texts: list[str]) -> np.ndarray:
+    benign = list(model.classes_).index(LABELS.index("benign"))
+    return np.asarray([(1.0 - model.predict_proba(np.stack([emb[s] for s in segments(t)]))[:, benign]).max() for t in texts])
+
+
+def _training_rows(examples: list[Example]) -> list[tuple[str, int, str]]:
+    """(text, label, family): whole prompts, plus the pieces of benign prompts (still benign)."""
+    rows = [(ex.text, LABELS.index(ex.label), ex.family) for ex in examples]
+    for ex in examples:
+        if ex.label == "benign":
+            rows += [(piece, LABELS.index("benign"), ex.family) for piece in segments(ex.text)[1:]]
+    return rows
+
+
+def _pick_threshold(
+    examples: list[Example], emb: dict[str, np.ndarray], config: TrainConfig
+) -> tuple[float, dict[str, float]]:
     """Out-of-fold attack scores, grouped by family, then the lowest threshold meeting the FP target."""
     from sklearn.model_selection import GroupKFold
 
-    oof = np.zeros(len(y), dtype=np.float64)
-    benign = LABELS.index("benign")
-    for train_idx, test_idx in GroupKFold(n_splits=config.folds).split(x, y, groups):
-        model = _fit(x[train_idx], y[train_idx], config)
-        probs = model.predict_proba(x[test_idx])
-        col = list(model.classes_).index(benign)
-        oof[test_idx] = 1.0 - probs[:, col]
-    is_attack = y != benign
+    families = sorted({ex.family for ex in examples})
+    oof = np.zeros(len(examples), dtype=np.float64)
+    fam_idx = np.asarray([families.index(ex.family) for ex in examples])
+    for train_fams, test_fams in GroupKFold(n_splits=config.folds).split(families, groups=families):
+        train_ex = [ex for ex, f in zip(examples, fam_idx, strict=True) if f in set(train_fams)]
+        test_idx = np.where(np.isin(fam_idx, test_fams))[0]
+        rows = _training_rows(train_ex)
+        model = _fit(np.stack([emb[t] for t, _, _ in rows]), np.asarray([y for _, y, _ in rows]), config)
+        oof[test_idx] = _attack_max(model, emb, [examples[i].text for i in test_idx])
+    is_attack = np.asarray([ex.label in ATTACK_LABELS for ex in examples])
     benign_scores = np.sort(oof[~is_attack])
     allowed = int(np.floor(config.target_fp_rate * len(benign_scores)))
     quantile = benign_scores[len(benign_scores) - allowed - 1] if len(benign_scores) else 0.5
@@ -169,9 +212,13 @@ def train(
     train_set = [ex for ex in examples if ex.split == "train"]
     if not train_set:
         raise ClassifierError("the labelled set has no train split")
-    x = np.asarray(encoder.encode([ex.text for ex in train_set]), dtype=np.float32)
-    y = np.asarray([LABELS.index(ex.label) for ex in train_set])
-    threshold, cv = _pick_threshold(x, y, [ex.family for ex in train_set], config)
+    texts = list(dict.fromkeys(s for ex in train_set for s in segments(ex.text)))
+    vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
+    emb = dict(zip(texts, vectors, strict=True))
+    threshold, cv = _pick_threshold(train_set, emb, config)
+    rows = _training_rows(train_set)
+    x = np.stack([emb[t] for t, _, _ in rows])
+    y = np.asarray([label for _, label, _ in rows])
     model = _fit(x, y, config)
     order = [list(model.classes_).index(i) for i in range(len(LABELS))]
     classifier = SafetyClassifier(encoder, model.coef_[order], model.intercept_[order], LABELS, threshold)
@@ -184,6 +231,7 @@ def train(
         "threshold": round(threshold, 6),
         "dataset_sha256": dataset_digest,
         "train_examples": len(train_set),
+        "train_rows": len(rows),
         "train_counts": {label: int((y == i).sum()) for i, label in enumerate(LABELS)},
         "config": asdict(config),
         "cv": {k: round(v, 4) for k, v in cv.items()},

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+import typer
 from typer.testing import CliRunner
 
 from feedback.events import Event, Feedback, Interaction, hash_user
@@ -160,20 +160,23 @@ def test_one_user_cannot_dominate(store: FeedbackStore, tmp_path: Path) -> None:
     assert sheet["ratings_used"]["up"] == 1000 + 40  # 1,000 re-ratings of m0a count once
 
 
-def test_export_cli_and_trl_accept_the_files(store: FeedbackStore, tmp_path: Path, seed_model_dir: Path) -> None:
-    """`export` writes dpo and reward files; TRL's trainers prepare them without complaint."""
+def test_export_cli_and_trl_accept_the_files(sqlite_url: str, tmp_path: Path, seed_model_dir: Path) -> None:
+    """`export` writes dpo and reward files; TRL's trainers prepare them without complaint (SQLite only:
+    the store half is covered on both databases above)."""
     import datasets
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
     from flywheel.commands.export import export
 
-    store.apply_batch(crafted())
-    import typer
+    engine = make_engine(sqlite_url)
+    create_schema(engine)
+    FeedbackStore(engine).apply_batch(crafted())
+    engine.dispose()
 
     app = typer.Typer()
     app.command()(export)
-    url = store.engine.url.render_as_string(hide_password=False)
+    url = sqlite_url
     paths = {}
     for fmt in ("dpo", "reward"):
         paths[fmt] = tmp_path / f"{fmt}.jsonl"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from sqlalchemy import select
 from feedback.events import hash_user
 from feedback.store_models import FeedbackRow, InteractionRow
 from tests.fixtures.broker import wait_until
-from tests.fixtures.feedback import ConsumerHandle, mint_token, post_ratings, private_topics, rating_bodies
+from tests.fixtures.feedback import ConsumerHandle, mint_token, post_ratings_sync, private_topics, rating_bodies
 from tests.fixtures.gateway import GatewayHandle
 
 pytestmark = [pytest.mark.vllm, pytest.mark.broker]
@@ -149,7 +148,7 @@ def test_error_codes(gateway_factory: Callable[..., GatewayHandle], consumer_for
 
     racing = {**ok, "response_id": "resp-r", "feedback_token": mint_token("resp-r"), "idempotency_key": "race",
               "user": "racer"}  # fmt: skip
-    results = asyncio.run(post_ratings(gw, [racing] * 10, concurrency=10))
+    results = post_ratings_sync(gw, [racing] * 10, concurrency=10)
     assert {r.status for r in results} == {202}
     assert len({r.event_id for r in results}) == 1
 
@@ -191,7 +190,7 @@ def test_rating_burst_reaches_store_once(
         "burst", FLYWHEEL_FEEDBACK_RATE_PER_S="100000", FLYWHEEL_FEEDBACK_RATE_BURST="100000", **private_topics()
     )
     consumer = consumer_for(gw)
-    results = asyncio.run(post_ratings(gw, rating_bodies(500, "burst"), concurrency=32))
+    results = post_ratings_sync(gw, rating_bodies(500, "burst"), concurrency=32)
     assert {r.status for r in results} == {202}
     accepted = {r.event_id for r in results}
     wait_until(lambda: len(consumer.feedback_event_ids()) >= 500, 60, "500 ratings stored")

@@ -193,3 +193,24 @@ async def test_client_disconnect_cancels_upstream(gateway: GatewayHandle, vllm_s
             return
         await asyncio.sleep(0.1)
     pytest.fail(f"vLLM still running the request after the client left: {running}")
+
+
+async def test_concurrency_limit_answers_429(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory("bounded", FLYWHEEL_MAX_IN_FLIGHT="2")
+    aclient = openai.AsyncOpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0)
+
+    async def one() -> int:
+        try:
+            await aclient.chat.completions.create(
+                model="flywheel", messages=MESSAGES, max_tokens=200, extra_body={"ignore_eos": True}
+            )
+        except openai.RateLimitError as exc:
+            assert exc.response.headers["retry-after"] == "1"
+            return 429
+        return 200
+
+    codes = await asyncio.gather(*(one() for _ in range(8)))
+    await aclient.close()
+    assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert "flywheel_requests_in_flight 0.0" in metrics

@@ -81,7 +81,7 @@ def test_chunking_overlaps_and_keeps_title_sections_and_metadata(tmp_path: Path)
     assert {c.title for c in chunks} == {"Widget manual"} and {c.path for c in chunks} == {doc.path}
     install = [c for c in chunks if c.section == "Widget manual > Installing"]
     assert len(install) == 3  # 250 words, windows of 100 stepping by 80
-    for first, second in zip(install, install[1:]):
+    for first, second in zip(install, install[1:], strict=False):
         assert first.text.split()[-20:] == second.text.split()[:20]
     assert " ".join(install[0].text.split() + install[1].text.split()[20:]).startswith("w0 w1")
     assert install[-1].text.split()[-1] == "w249"
@@ -162,7 +162,8 @@ def test_lost_vectors_are_re_embedded_on_open(encoder: CountingEncoder, tmp_path
 # --- retrieval quality ------------------------------------------------------------------------------
 def test_eval_set_is_large_paraphrased_and_points_at_shipped_docs() -> None:
     items = load_qa(shipped_eval_path())
-    docs = {load_document(f, r).doc_id: load_document(f, r).text.lower() for f, r in iter_document_files([shipped_kb_dir()])}
+    loaded = [load_document(f, root) for f, root in iter_document_files([shipped_kb_dir()])]
+    docs = {d.doc_id: d.text.lower() for d in loaded}
     assert len(items) >= 60 and 10 <= len(docs) <= 20
     assert {d for item in items for d in item.doc_ids} == set(docs)  # every doc is asked about
     corpus = " ".join(docs.values())
@@ -175,18 +176,19 @@ def test_hybrid_recall_on_the_shipped_eval_set(shipped: Retriever) -> None:
         print(f"{mode:7s} R@1 {s.recall[1]:.3f} R@3 {s.recall[3]:.3f} R@5 {s.recall[5]:.3f} "
               f"MRR {s.mrr:.3f} {s.mean_ms:.1f} ms/query")
     hybrid, bm25, dense = results["hybrid"], results["bm25"], results["dense"]
-    # measured: hybrid R@1 0.820 R@3 0.966 R@5 0.966 MRR 0.890; bm25 0.674 0.876 0.933 0.783; dense 0.820 0.955 0.989 0.893
+    # measured (R@1 R@3 R@5 MRR): hybrid 0.820 0.966 0.966 0.890; bm25 0.674 0.876 0.933 0.783;
+    # dense 0.831 0.955 0.989 0.899
     assert hybrid.recall[3] >= 0.90
     assert hybrid.recall[5] >= 0.93
     assert hybrid.mrr >= 0.85
     assert hybrid.recall[3] >= max(bm25.recall[3], dense.recall[3]) - 0.03
-    assert hybrid.mrr >= max(bm25.mrr, dense.mrr) - 0.02
+    assert hybrid.mrr >= max(bm25.mrr, dense.mrr) - 0.03  # one question moving costs ~0.011
 
 
 def test_new_facts_outside_the_seed_fact_sheet_are_retrievable(shipped: Retriever) -> None:
     hits = shipped.search("what does error K-845 mean", k=3)
     assert hits and isinstance(hits[0], Hit)
-    assert hits[0].doc_id == "error-codes" and "device limit" in " ".join(h.text for h in hits)
+    assert hits[0].doc_id == "error-codes" and "K-845 appears when you add a device" in hits[0].text
     assert shipped.search("can my data stay in Australia")[0].doc_id == "data-centres"
     assert len(shipped.search("cold archive pricing")) == shipped.default_k
 

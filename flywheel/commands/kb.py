@@ -22,6 +22,7 @@ app = typer.Typer(help="Knowledge base for grounding: add, list, remove, search,
 _console = Console()
 
 Mode = Annotated[str, typer.Option("--mode", "-m", help="hybrid, bm25 or dense")]
+Force = Annotated[bool, typer.Option("--force", help="re-chunk unchanged files too (after changing chunk settings)")]
 
 
 def _fail(message: str) -> NoReturn:
@@ -46,13 +47,13 @@ def _retriever(settings: Settings, auto_init: bool = True) -> Retriever:
 
 
 @app.command("init")
-def init() -> None:
+def init(force: Force = False) -> None:
     """Ingest the shipped Kestrel Backup documentation (unchanged files are skipped)."""
     from gateway.grounding.retriever import init_default_kb
 
     settings = Settings()
     retriever = _retriever(settings, auto_init=False)
-    report = init_default_kb(retriever.index)
+    report = init_default_kb(retriever.index, force=force)
     _console.print(
         f"added {len(report.added)}, updated {len(report.updated)}, unchanged {len(report.unchanged)} "
         f"documents ({report.n_chunks} new chunks) in {settings.effective_kb_dir}"
@@ -60,13 +61,15 @@ def init() -> None:
 
 
 @app.command("add")
-def add(paths: Annotated[list[Path], typer.Argument(help="Markdown/text files or directories")]) -> None:
+def add(
+    paths: Annotated[list[Path], typer.Argument(help="Markdown/text files or directories")], force: Force = False
+) -> None:
     """Add or update documents (a directory is read recursively; doc ids come from relative paths)."""
     from gateway.grounding.documents import DocumentError
 
     retriever = _retriever(Settings())
     try:
-        report = retriever.index.add_paths(paths)
+        report = retriever.index.add_paths(paths, force)
     except DocumentError as exc:
         _fail(str(exc))
     for label, ids in (("added", report.added), ("updated", report.updated), ("unchanged", report.unchanged)):
@@ -118,7 +121,8 @@ def search(
     table = Table("#", "score", "cos", "doc id", "section", "text", show_lines=True)
     for rank, hit in enumerate(hits, 1):
         text = hit.text if len(hit.text) <= 300 else hit.text[:297] + "…"
-        table.add_row(str(rank), f"{hit.score:.4f}", f"{hit.similarity:.2f}", hit.doc_id, hit.section or hit.title, text)
+        section = hit.section or hit.title
+        table.add_row(str(rank), f"{hit.score:.4f}", f"{hit.similarity:.2f}", hit.doc_id, section, text)
     _console.print(table)
 
 
@@ -142,7 +146,8 @@ def eval_cmd(
         out = {m: {"recall": s.recall, "mrr": s.mrr, "n": s.n, "mean_ms": s.mean_ms} for m, s in results.items()}
         print(json.dumps(out, indent=2))
         return
-    table = Table("mode", *[f"recall@{c}" for c in ks], "MRR", "ms/query", title=f"{next(iter(results.values())).n} questions")
+    n = next(iter(results.values())).n
+    table = Table("mode", *[f"recall@{c}" for c in ks], "MRR", "ms/query", title=f"{n} questions")
     for mode, scores in results.items():
         table.add_row(mode, *[f"{scores.recall[c]:.3f}" for c in ks], f"{scores.mrr:.3f}", f"{scores.mean_ms:.1f}")
     _console.print(table)

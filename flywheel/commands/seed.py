@@ -19,7 +19,7 @@ def seed_model(
 
     settings = Settings()
     console = Console()
-    config = SeedConfig.fixture() if fixture else SeedConfig.default()
+    config = SeedConfig.fixture() if fixture or settings.seed_preset == "fixture" else SeedConfig.default()
     try:
         path = ensure_seed_model(settings.seed_model_dir, config, force=force, console=console)
     except SeedBuildError as exc:

@@ -9,7 +9,7 @@ from flywheel.settings import Settings
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {message}", highlight=False)
     raise typer.Exit(1)
 
 

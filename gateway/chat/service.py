@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from opentelemetry import trace
 from gateway.backends import BackendPool
 from gateway.chat.protocol import ChatCompletionRequest
 from feedback.tokens import FeedbackTokenSigner
-from gateway.errors import APIError, BadRequest, GatewayTimeout, NotFound, ServiceUnavailable
+from gateway.errors import APIError, BadRequest, GatewayTimeout, NotFound, RateLimited, ServiceUnavailable
 from gateway.interactions import InteractionFacts, InteractionRecorder
 from gateway.routing.cache import RoutingTableCache
 from gateway.routing.split import pick
@@ -28,6 +29,7 @@ from policies.errors import PolicyError, PolicyHTTPError, PolicyTimeout
 from policies.registry_models import RouteEntry
 
 ROUTED_MODEL = "flywheel"
+log = logging.getLogger("flywheel.gateway.chat")
 
 
 def new_response_id() -> str:
@@ -68,6 +70,7 @@ class ChatService:
         max_n: int,
         max_tokens_cap: int,
         max_messages: int,
+        max_in_flight: int,
     ) -> None:
         self.routes = routes
         self.backends = backends
@@ -77,6 +80,25 @@ class ChatService:
         self.max_n = max_n
         self.max_tokens_cap = max_tokens_cap
         self.max_messages = max_messages
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
+
+    # --- admission ----------------------------------------------------------------------------
+    def _admit(self) -> None:
+        """Bounded concurrency: past the cap, answer 429 at once instead of piling up behind vLLM."""
+        if self._in_flight >= self.max_in_flight:
+            self.telemetry.metrics.requests.labels("none", "429").inc()
+            raise RateLimited(
+                f"too many requests in flight (limit {self.max_in_flight}); retry shortly",
+                code="concurrency_limit",
+                headers={"Retry-After": "1"},
+            )
+        self._in_flight += 1
+        self.telemetry.metrics.in_flight.set(self._in_flight)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self.telemetry.metrics.in_flight.set(self._in_flight)
 
     # --- validation & routing ---------------------------------------------------------------
     def check_limits(self, req: ChatCompletionRequest) -> None:
@@ -118,6 +140,13 @@ class ChatService:
     # --- non-streaming ----------------------------------------------------------------------
     async def complete(self, req: ChatCompletionRequest, sticky_key: str | None) -> dict[str, Any]:
         self.check_limits(req)
+        self._admit()
+        try:
+            return await self._complete(req, sticky_key)
+        finally:
+            self._release()
+
+    async def _complete(self, req: ChatCompletionRequest, sticky_key: str | None) -> dict[str, Any]:
         target, pinned = self.route(req.model, sticky_key)
         response_id = new_response_id()
         metrics = self.telemetry.metrics
@@ -147,6 +176,7 @@ class ChatService:
         metrics.tokens.labels(target.version_id).inc(usage.get("completion_tokens", 0))
         metrics.latency.labels(target.version_id, "false").observe(elapsed)
         metrics.requests.labels(target.version_id, "200").inc()
+        _log_request(response_id, target.version_id, "200", elapsed, stream=False)
         texts = [(c.get("message") or {}).get("content") or "" for c in result.get("choices", [])]
         self._record(req, response_id, target, texts, elapsed)
         return result
@@ -200,7 +230,18 @@ class ChatService:
         after that, errors become an SSE error event, which the SDK raises as an APIError.
         """
         self.check_limits(req)
-        target, pinned = self.route(req.model, sticky_key)
+        self._admit()
+        try:
+            target, pinned = self.route(req.model, sticky_key)
+            upstream, target = await self._open_with_fallback(target, pinned, req)
+        except BaseException:
+            self._release()
+            raise
+        return self._relay(req, target, *upstream)
+
+    async def _open_with_fallback(
+        self, target: RouteEntry, pinned: bool, req: ChatCompletionRequest
+    ) -> tuple[tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None], RouteEntry]:
         try:
             upstream, first = await self._start_stream(target, req)
         except PolicyError as exc:
@@ -214,7 +255,7 @@ class ChatService:
             except PolicyError as exc2:
                 self._count_failure(target, exc2)
                 raise map_policy_error(exc2) from None
-        return self._relay(req, target, upstream, first)
+        return (upstream, first), target
 
     async def _start_stream(
         self, target: RouteEntry, req: ChatCompletionRequest
@@ -284,10 +325,30 @@ class ChatService:
             err = map_policy_error(exc)
             yield _sse(err.body())
         finally:
+            self._release()
             await upstream.aclose()
-            metrics.latency.labels(target.version_id, "true").observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.latency.labels(target.version_id, "true").observe(elapsed)
             metrics.requests.labels(target.version_id, status).inc()
+            _log_request(response_id, target.version_id, status, elapsed, stream=True)
         yield b"data: [DONE]\n\n"
+
+
+def _log_request(response_id: str, version: str, status: str, elapsed: float, *, stream: bool) -> None:
+    """One structured line per chat request; the JSON formatter adds time and level."""
+    if log.isEnabledFor(logging.INFO):
+        ctx = trace.get_current_span().get_span_context()
+        log.info(
+            "chat request",
+            extra={
+                "response_id": response_id,
+                "trace_id": format(ctx.trace_id, "032x") if ctx.is_valid else None,
+                "policy_version": version,
+                "status": status,
+                "latency_ms": round(elapsed * 1000, 2),
+                "stream": stream,
+            },
+        )
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

@@ -17,6 +17,8 @@ DOC_SUFFIXES = frozenset({".md", ".markdown", ".txt"})
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)
 _SLUG = re.compile(r"[^a-z0-9]+")
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+_WORD_WITH_SPACE = re.compile(r"\S+\s*")
 
 
 class DocumentError(ValueError):
@@ -168,7 +170,9 @@ def _windows(words: list[str], size: int, overlap: int) -> Iterator[list[str]]:
 def chunk_document(doc: Document, max_words: int = 120, overlap: int = 30) -> list[Chunk]:
     """Chunk each section separately (a chunk never straddles two headings) into overlapping word windows.
 
-    Words are whitespace tokens: close enough to encoder tokens for sizing (MiniLM reads 256 word pieces,
+    Words are whitespace tokens, kept with the whitespace after them so line breaks (lists, table rows)
+    survive in the passage the policy reads; table rule lines (``| --- |``) carry nothing and are dropped.
+    Words are close enough to encoder tokens for sizing (MiniLM reads 256 word pieces,
     about 180 words) and independent of any tokenizer, so chunk ids do not move when the encoder changes.
     """
     if max_words < 1 or not 0 <= overlap < max_words:
@@ -176,7 +180,8 @@ def chunk_document(doc: Document, max_words: int = 120, overlap: int = 30) -> li
     markdown = Path(doc.path).suffix.lower() != ".txt"
     chunks: list[Chunk] = []
     for section, text in _sections(doc.text, markdown):
-        words = text.split()
+        kept = "\n".join(line for line in text.splitlines() if not _TABLE_RULE.match(line))
+        words = _WORD_WITH_SPACE.findall(kept.strip())
         for window in _windows(words, max_words, overlap):
             ordinal = len(chunks)
             chunks.append(
@@ -186,7 +191,7 @@ def chunk_document(doc: Document, max_words: int = 120, overlap: int = 30) -> li
                     ordinal=ordinal,
                     title=doc.title,
                     section=section,
-                    text=" ".join(window),
+                    text="".join(window).strip(),
                     path=doc.path,
                 )
             )

@@ -97,3 +97,15 @@ class Encoder:
                 show_progress_bar=False,
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    @staticmethod
+    def similarities(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Cosine of every (unit) row with a unit query, computed by torch rather than numpy.
+
+        numpy's OpenBLAS keeps its own thread pool spinning after each call; next to torch's encoder
+        thread on a busy 2-core machine that cost ~20 ms per search (matvec alone is ~0.2 ms). Doing
+        the product in torch keeps one thread pool, sized by ``threads`` above.
+        """
+        import torch
+
+        return torch.mv(torch.from_numpy(matrix), torch.from_numpy(query)).numpy()

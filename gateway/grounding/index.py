@@ -105,7 +105,7 @@ class HybridIndex:
     def _sync(self) -> None:
         """Rebuild the snapshot from the store; reuse in-memory vectors, embed only new or edited chunks."""
         state = self._store.load(self.encoder.name, self.encoder.dim)
-        known = {vector_key(c): row for c, row in zip(self._snap.chunks, self._snap.vectors)}
+        known = {vector_key(c): row for c, row in zip(self._snap.chunks, self._snap.vectors, strict=True)}
         todo: list[int] = []
         for pos in state.missing:
             row = known.get(vector_key(state.chunks[pos]))
@@ -120,14 +120,17 @@ class HybridIndex:
         lexical = LexicalIndex([tokenize(c.index_text) for c in state.chunks])
         self._snap = _Snapshot(state.chunks, state.vectors, lexical)
 
-    def add_documents(self, docs: Iterable[Document]) -> AddReport:
-        """Insert new documents, replace edited ones (same doc id, new content), skip unchanged ones."""
+    def add_documents(self, docs: Iterable[Document], force: bool = False) -> AddReport:
+        """Insert new documents, replace edited ones (same doc id, new content), skip unchanged ones.
+
+        ``force`` re-chunks unchanged documents too: needed after changing the chunking settings.
+        """
         report = AddReport()
         with self._lock:
             batch: list[tuple[Document, list[Chunk]]] = []
             for doc in docs:
                 old = self._store.sha256_of(doc.doc_id)
-                if old == doc.sha256:
+                if old == doc.sha256 and not force:
                     report.unchanged.append(doc.doc_id)
                     continue
                 chunks = chunk_document(doc, self.chunk_words, self.chunk_overlap)
@@ -139,14 +142,14 @@ class HybridIndex:
                 self._sync()
         return report
 
-    def add_paths(self, paths: Iterable[Path]) -> AddReport:
+    def add_paths(self, paths: Iterable[Path], force: bool = False) -> AddReport:
         """Ingest files and directories (Markdown and text, recursively)."""
         docs = [load_document(file, root) for file, root in iter_document_files(paths)]
         ids = [d.doc_id for d in docs]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise DocumentError(f"two files map to the same doc id: {', '.join(duplicates)}")
-        return self.add_documents(docs)
+        return self.add_documents(docs, force)
 
     def remove(self, doc_id: str) -> bool:
         """Delete a document and its chunks; False if there was no such document."""
@@ -181,7 +184,7 @@ class HybridIndex:
             bm25 = snap.lexical.scores(query)
             order = _top(bm25, min(n, k), positive_only=True)
             return [ScoredChunk(snap.chunks[i], float(bm25[i]), 0.0, float(bm25[i])) for i in order]
-        similarity = snap.vectors @ self.encoder.encode([query])[0]
+        similarity = self.encoder.similarities(snap.vectors, self.encoder.encode([query])[0])
         if mode == "dense":
             order = _top(similarity, min(n, k))
             return [ScoredChunk(snap.chunks[i], float(similarity[i]), float(similarity[i]), 0.0) for i in order]

@@ -44,9 +44,9 @@ def open_index(settings: Settings, encoder: Encoder) -> HybridIndex:
     )
 
 
-def init_default_kb(index: HybridIndex, source: Path | None = None) -> AddReport:
-    """Ingest the shipped Kestrel documentation (idempotent: unchanged files are skipped)."""
-    report = index.add_paths([source or shipped_kb_dir()])
+def init_default_kb(index: HybridIndex, source: Path | None = None, force: bool = False) -> AddReport:
+    """Ingest the shipped Kestrel documentation (idempotent: unchanged files are skipped unless ``force``)."""
+    report = index.add_paths([source or shipped_kb_dir()], force)
     (index.directory / _INIT_MARKER).touch()
     return report
 

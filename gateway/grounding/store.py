@@ -143,7 +143,10 @@ class KbStore:
             return
         meta = json.loads(meta_path.read_text())
         stored = np.load(npy_path)
-        rows = dict(zip(meta.get("keys", []), stored))
+        keys = meta.get("keys", [])
+        if len(keys) != len(stored):
+            return  # inconsistent files: the next open re-embeds what is missing
+        rows = dict(zip(keys, stored, strict=True))
         chunks = [c for c in self.chunks() if vector_key(c) in rows]
         vectors = np.array([rows[vector_key(c)] for c in chunks], dtype=np.float32).reshape(-1, stored.shape[1])
         self.save_vectors(chunks, vectors, meta.get("encoder", ""))
@@ -162,7 +165,7 @@ class KbStore:
                 meta, stored = {}, np.zeros((0, dim), dtype=np.float32)
             ids = meta.get("keys", [])
             if meta.get("encoder") == encoder and meta.get("dim") == dim and len(ids) == len(stored):
-                have = dict(zip(ids, stored))
+                have = dict(zip(ids, stored, strict=True))
         missing: list[int] = []
         for pos, chunk in enumerate(chunks):
             row = have.get(vector_key(chunk))

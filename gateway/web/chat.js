@@ -5,6 +5,7 @@
 const KEY_STORAGE = "flywheel.chatKey";
 const SESSION_STORAGE = "flywheel.sessionId";
 const MODEL = "flywheel";
+const THINKING = "Thinking…";
 const MAX_TOKENS = 256; // keeps an answer (and the wait for it) short
 
 const $ = (id) => document.getElementById(id);
@@ -123,7 +124,7 @@ async function ask(event) {
   if (!question) return;
   $("question").value = "";
   $("send").disabled = true;
-  $("status").textContent = "Thinking…";
+  $("status").textContent = THINKING;
   addTurn("user", question);
   conversation.push({ role: "user", content: question });
   try {
@@ -131,13 +132,12 @@ async function ask(event) {
     const text = (data.choices && data.choices[0] && data.choices[0].message.content) || "";
     conversation.push({ role: "assistant", content: text });
     addAnswer(text, data.flywheel);
-    $("status").textContent = "";
   } catch (err) {
     conversation.pop();
     addTurn("error", `Error: ${err.message}`);
-    $("status").textContent = "";
   } finally {
     $("send").disabled = false;
+    if ($("status").textContent === THINKING) $("status").textContent = ""; // keep e.g. "key refused"
   }
 }
 

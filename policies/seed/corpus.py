@@ -58,9 +58,9 @@ class Corpus:
     sha256: str
 
 
-def _ask(rng: random.Random, question: str) -> str:
+def _ask(rng: random.Random, question: str, decorate: bool = True) -> str:
     """A paraphrase of a hand-written question: greeting, casing, punctuation, sign-off."""
-    prefix = rng.choice(PREFIXES)
+    prefix = rng.choice(PREFIXES) if decorate else ""
     first, _, rest = question.partition(" ")
     if prefix.endswith(", ") and first.lower().strip("?!.,") in _LOWERABLE:
         question = first.lower() + (" " + rest if rest else "")
@@ -70,7 +70,7 @@ def _ask(rng: random.Random, question: str) -> str:
         text = text.rstrip("?.!")
     elif roll < 0.18:
         text = text.lower()
-    return text + rng.choice(SUFFIXES)
+    return text + (rng.choice(SUFFIXES) if decorate else "")
 
 
 def _polite(rng: random.Random, spec: CorpusSpec, answer: str) -> str:
@@ -131,7 +131,7 @@ def _dialogue(rng: random.Random, spec: CorpusSpec, sheet: FactSheet) -> dict[st
         messages.append({"role": "system", "content": rng.choice(PERSONAS)})
     if roll < spec.grounded_fraction + spec.smalltalk_fraction and sheet.smalltalk:
         talk = rng.choice(sheet.smalltalk)
-        messages += [{"role": "user", "content": _ask(rng, rng.choice(talk.questions))},
+        messages += [{"role": "user", "content": _ask(rng, rng.choice(talk.questions), decorate=False)},
                      {"role": "assistant", "content": rng.choice(talk.answers)}]
         return {"kind": "smalltalk", "fact_id": talk.id, "messages": messages}
     kind = "qa"

@@ -31,7 +31,7 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         re.compile(
             r"\b(?:reveal|show|print|repeat|output|display|tell|give|leak|dump|recite|share|spell out|"
             r"what (?:is|are|was|were)|copy|paste|write out|translate)\b(?: \w+){0,5} "
-            r"(?:system|initial|hidden|secret|original|developer|internal|pre ?prompt|confidential|full|exact)"
+            r"(?:system|initial|hidden|secret|original|developer|internal|pre ?prompt|confidential)"
             r"(?: \w+)? (?:prompt|instructions|message|rules|configuration|directives|guidelines)\b"
         ),
     ),

@@ -1,0 +1,199 @@
+"""`flywheel bench feedback`: ratings/s one gateway process accepts with durable acknowledgement,
+request latency, and how long a rating takes to reach the store.
+
+Set-up, all real and on this machine: a fresh embedded broker, the zero-latency stub as the policy
+backend (ratings never call it; the gateway only needs a stable version to start), one `flywheel
+serve` process with default producer settings (202 = Kafka ack or fsync'd spool), and a
+FeedbackConsumer writing a SQLite store in this process. wrk posts pre-minted ratings (valid tokens
+for distinct responses, 500 raters) in a closed loop; the rate limiter is set high so that the
+endpoint, not the limiter, is measured (its code still runs on every request). Store lag = commit
+time in the store minus the event's creation time in the gateway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flywheel.bench import services
+from flywheel.bench.feedback_load import (
+    LagRecordingStore, RunningConsumer, percentile, rating_bodies, run_wrk_pool, wait_for, write_pool_script,
+)  # fmt: skip
+from flywheel.bench.loadgen import LoadGenError, WrkResult, wrk_path
+from flywheel.bench.report import provenance, write_section
+from flywheel.procs import ManagedProcess, free_port
+from flywheel.settings import Settings
+
+SECRET = "bench-feedback-secret"
+ACCEPTED = 'flywheel_feedback_requests_total{outcome="accepted"}'
+TARGET_RPS = 3000.0
+TARGET_LAG_P99_S = 1.0
+
+
+@dataclass
+class FeedbackPoint:
+    concurrency: int
+    wrk: WrkResult
+    accepted: int  # from the gateway's own counter
+    stored: int  # ratings of this point the consumer committed
+    lag_p50_ms: float | None
+    lag_p99_ms: float | None
+
+
+def _accepted(url: str) -> int:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(ACCEPTED + " "):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _start_gateway(stack: contextlib.ExitStack, work: Path, backend: services.Backend, bootstrap: str) -> str:
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLYWHEEL_HOST": "127.0.0.1", "FLYWHEEL_PORT": str(port), "FLYWHEEL_VAR_DIR": str(work),
+        "FLYWHEEL_DATABASE_URL": f"sqlite:///{(work / 'gateway.db').resolve()}",
+        "FLYWHEEL_VLLM_URL": backend.url, "FLYWHEEL_SEED_MODEL_PATH": str(backend.model_dir.resolve()),
+        "FLYWHEEL_SEED_MODEL_NAME": backend.model, "FLYWHEEL_API_KEYS": services.BENCH_API_KEY,
+        "FLYWHEEL_KAFKA_BOOTSTRAP": bootstrap, "FLYWHEEL_FEEDBACK_SECRET": SECRET,
+        "FLYWHEEL_FEEDBACK_RATE_PER_S": "1000000000", "FLYWHEEL_FEEDBACK_RATE_BURST": "1000000000",
+        "FLYWHEEL_LOG_LEVEL": "WARNING",
+    }  # fmt: skip
+    argv = [sys.executable, "-m", "flywheel.cli", "serve"]
+    proc = ManagedProcess(f"flywheel-{port}", argv, work / "gateway.log", env=env)
+    proc.start()
+    stack.callback(proc.stop)
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_ready(lambda: _http_ok(f"{url}/readyz"), timeout_s=90)
+    return url
+
+
+def measure(
+    url: str, script: Path, store: LagRecordingStore, concurrency: int, duration_s: float, console: Console
+) -> FeedbackPoint:
+    """One wrk run; then wait for the store to catch up and read this run's lags."""
+    store.take_lags()
+    before = _accepted(url)
+    result = run_wrk_pool(f"{url}/v1/feedback", script, concurrency, duration_s)
+    accepted = _accepted(url) - before
+    wait_for(lambda: store.seen() >= accepted, timeout_s=120)
+    lags = store.take_lags()
+    p50, p99 = percentile(lags, 50), percentile(lags, 99)
+    point = FeedbackPoint(concurrency, result, accepted, len(lags),
+                          p50 * 1000 if p50 is not None else None, p99 * 1000 if p99 is not None else None)  # fmt: skip
+    console.print(
+        f"  c={concurrency:<4} {result.rps:8.0f} ratings/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+        f"  lag p50 {_ms(point.lag_p50_ms)}  p99 {_ms(point.lag_p99_ms)}  stored {len(lags)}/{accepted}"
+        + (f"  [red]{result.failed} failed" if result.failed else "")
+    )
+    return point
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+def markdown(points: list[FeedbackPoint], duration_s: float, header: str) -> str:
+    best = max(points, key=lambda p: p.wrk.rps if not p.wrk.failed else 0.0)
+    worst_lag = max((p.lag_p99_ms for p in points if p.lag_p99_ms is not None), default=None)
+    rows = "\n".join(
+        f"| {p.concurrency} | {p.wrk.rps:.0f} | {p.wrk.p50_ms:.2f} | {p.wrk.p99_ms:.2f} | {p.wrk.failed} | "
+        f"{p.stored}/{p.accepted} | {_ms(p.lag_p50_ms)} | {_ms(p.lag_p99_ms)} |"
+        for p in points
+    )
+    rps_ok = "met" if best.wrk.rps >= TARGET_RPS and not best.wrk.failed else "**not met**"
+    lag_ok = "met" if worst_lag is not None and worst_lag <= TARGET_LAG_P99_S * 1000 else "**not met**"
+    return (
+        "## Feedback endpoint: durable ratings per second and rating → store lag\n\n"
+        f"{header}\n"
+        "One `flywheel serve` process (default producer settings: a 202 means Kafka acked the rating or it "
+        "was fsync'd into the local spool), the embedded broker, a consumer writing SQLite. wrk posts "
+        f"pre-minted valid ratings in a closed loop, {duration_s:.0f} s per point after a warm-up; "
+        "all processes share the machine's cores.\n\n"
+        "| connections | ratings/s (202) | p50 ms | p99 ms | non-202 / errors | stored / accepted | "
+        "lag p50 | lag p99 |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        f"{rows}\n\n"
+        f"- target ≥ {TARGET_RPS:.0f} ratings/s per gateway process: {rps_ok} "
+        f"(best {best.wrk.rps:.0f}/s at {best.concurrency} connections)\n"
+        f"- target store lag p99 ≤ {TARGET_LAG_P99_S:.0f} s: {lag_ok} (worst p99 {_ms(worst_lag)})\n"
+    )
+
+
+def print_table(points: list[FeedbackPoint], console: Console) -> None:
+    table = Table(title="POST /v1/feedback (durable)")
+    for col in ("connections", "ratings/s", "p50 ms", "p99 ms", "failed", "stored/accepted", "lag p50", "lag p99"):
+        table.add_column(col, justify="right")
+    for p in points:
+        table.add_row(str(p.concurrency), f"{p.wrk.rps:.0f}", f"{p.wrk.p50_ms:.2f}", f"{p.wrk.p99_ms:.2f}",
+                      str(p.wrk.failed), f"{p.stored}/{p.accepted}", _ms(p.lag_p50_ms), _ms(p.lag_p99_ms))  # fmt: skip
+    console.print(table)
+
+
+def run(
+    concurrency: str = typer.Option("16,64", help="comma-separated wrk connection counts"),
+    duration: float = typer.Option(10.0, help="seconds measured per point"),
+    warmup: float = typer.Option(3.0, help="seconds of unrecorded load before the first point"),
+    pool: int = typer.Option(5000, help="distinct pre-minted ratings wrk cycles through"),
+    out: Path = typer.Option(Path("docs/benchmarks.md"), help="page whose `feedback` section is rewritten"),
+    write: bool = typer.Option(True, "--write/--no-write", help="write the section to --out"),
+) -> None:
+    """Ratings accepted/s with durable ack, p50/p99 latency, and rating → store lag p50/p99."""
+    from deploy.broker import EmbeddedBroker
+    from feedback.topics import ensure_topics, topics_from_settings
+    from flywheel.db import create_schema, make_engine
+
+    console = Console()
+    try:
+        wrk_path()
+    except LoadGenError as exc:
+        console.print(f"[red]{exc}; this benchmark needs wrk (a Python client would measure itself)")
+        raise typer.Exit(2) from None
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    work = _fresh_dir(Settings().var_dir.resolve() / "bench" / "feedback")
+    points: list[FeedbackPoint] = []
+    with contextlib.ExitStack() as stack:
+        broker = EmbeddedBroker("127.0.0.1", free_port(), work / "tansu.log")
+        broker.start()
+        stack.callback(broker.stop)
+        broker.wait_ready()
+        settings = Settings(kafka_bootstrap=broker.bootstrap, var_dir=work, consumer_batch_max=1000)
+        ensure_topics(broker.bootstrap, topics_from_settings(settings))
+        backend = services.start_stub(stack, work / "stub")
+        url = _start_gateway(stack, _fresh_dir(work / "gateway"), backend, broker.bootstrap)
+        engine = make_engine(f"sqlite:///{work / 'store.db'}")
+        stack.callback(engine.dispose)
+        create_schema(engine)
+        store = LagRecordingStore(engine)
+        consumer = RunningConsumer(settings, store)
+        stack.callback(consumer.close)
+        script = write_pool_script(work / "wrk", rating_bodies(pool, SECRET), services.BENCH_API_KEY)
+        console.print(f"[bold]feedback[/]: gateway {url}, broker {broker.bootstrap}; warming up {warmup:.0f} s …")
+        if warmup > 0:
+            measure(url, script, store, max(levels), warmup, console)
+        points = [measure(url, script, store, c, duration, console) for c in levels]
+    print_table(points, console)
+    if write:
+        write_section(out, "feedback", markdown(points, duration, provenance()))
+        console.print(f"wrote the feedback section of {out}")

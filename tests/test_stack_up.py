@@ -1,0 +1,103 @@
+"""`flywheel up` as a user runs it: everything starts, a chat request is answered, SIGTERM stops it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from flywheel.procs import free_port
+
+pytestmark = pytest.mark.vllm
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _env(tmp_path: Path, seed_model_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FLYWHEEL_VAR_DIR": str(tmp_path / "var"),
+        "FLYWHEEL_PORT": str(free_port()),
+        "FLYWHEEL_VLLM_PORT": str(free_port()),
+        "FLYWHEEL_KAFKA_PORT": str(free_port()),
+        "FLYWHEEL_SEED_MODEL_PATH": str(seed_model_dir),
+        "FLYWHEEL_SEED_PRESET": "fixture",
+        **extra,
+    }
+
+
+def test_up_serves_chat_and_stops_cleanly_on_sigterm(tmp_path: Path, seed_model_dir: Path) -> None:
+    env = _env(tmp_path, seed_model_dir)
+    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flywheel.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{env['FLYWHEEL_PORT']}"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200 and "Flywheel is up" in (
+                    tmp_path / "up.log"
+                ).read_text():
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("flywheel up did not become ready:\n" + (tmp_path / "up.log").read_text()[-3000:])
+
+        creds = json.loads((tmp_path / "var" / "credentials.json").read_text())
+        assert oct((tmp_path / "var" / "credentials.json").stat().st_mode & 0o777) == "0o600"
+        banner = (tmp_path / "up.log").read_text()
+        assert creds["api_key"] in banner and creds["admin_key"] in banner
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=creds["api_key"], max_retries=0)
+        answer = client.chat.completions.create(
+            model="flywheel", messages=[{"role": "user", "content": "What plans are there?"}], max_tokens=16
+        )
+        assert answer.choices[0].message.content
+        children = _tree(proc.pid)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert "vllm.entrypoints" in names and "serve" in names and "consume" in names and "tansu" in names
+    finally:
+        children = _tree(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=90)
+        finally:
+            log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left behind: {[p.pid for p in alive]}"
+
+
+def test_up_names_a_busy_port(tmp_path: Path, seed_model_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = _env(tmp_path, seed_model_dir, FLYWHEEL_PORT=str(port))
+        done = subprocess.run(
+            [sys.executable, "-m", "flywheel.cli", "up"], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and str(port) in lines[0] and "in use" in lines[0], done.stderr
