@@ -158,6 +158,14 @@ class Settings(BaseSettings):
     def safety_classifier_dir(self) -> Path:
         return self.safety_classifier_path or self.var_dir / "safety" / "classifier"
 
+    # --- trainer ----------------------------------------------------------------------------
+    reward_path: Path | None = Field(None, description="reward-model versions + ACTIVE pointer; unset = var/reward")
+    trainer_threads: int = Field(1, description="torch intra-op threads for training (fixed so runs repeat)")
+
+    @property
+    def reward_dir(self) -> Path:
+        return self.reward_path or self.var_dir / "reward"
+
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:

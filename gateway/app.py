@@ -17,7 +17,7 @@ from gateway.admin.router import build_admin_router
 from gateway.admin.service import AdminService
 from gateway.auth import KeyRing
 from gateway.backends import BackendPool
-from gateway.chat.router import build_chat_router
+from gateway.chat.router import CHAT_SCHEMA_COMPONENTS, build_chat_router
 from gateway.chat.service import ChatService
 from gateway.errors import install_error_handlers
 from gateway.feedback.router import build_feedback_router
@@ -26,6 +26,20 @@ from gateway.health import build_health_router
 from gateway.middleware import BodySizeLimit, TracingMiddleware
 from gateway.telemetry import Telemetry
 from gateway.web.router import build_web_router
+
+
+def _merge_openapi_components(app: FastAPI, schemas: dict) -> None:
+    """Add schemas that hand-declared request bodies refer to (FastAPI only collects its own)."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document = generate()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _maybe_await(result: object) -> None:
@@ -64,6 +78,7 @@ def create_app(
     if feedback is not None:
         app.include_router(build_feedback_router(feedback, settings.feedback_max_body_bytes))
     app.include_router(build_web_router())
+    _merge_openapi_components(app, CHAT_SCHEMA_COMPONENTS)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TracingMiddleware, tracer=telemetry.tracer)
     return app

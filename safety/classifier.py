@@ -54,7 +54,7 @@ class TrainConfig:
 
     c: float = 4.0  # inverse L2 strength
     max_iter: int = 3000
-    target_fp_rate: float = 0.05  # on out-of-fold benign training prompts
+    target_fp_rate: float = 0.07  # out-of-fold, family-grouped: pessimistic
     min_threshold: float = 0.35
     max_threshold: float = 0.97
     folds: int = 5

@@ -17,7 +17,7 @@ def train_cmd(
     dataset: Path = typer.Option(None, "--dataset", help="labelled JSON lines; default: the shipped set"),
     out: Path = typer.Option(None, "--out", help="artifact directory; default: settings.safety_classifier_dir"),
     c: float = typer.Option(4.0, "--c", help="inverse L2 regularisation strength"),
-    target_fp: float = typer.Option(0.05, "--target-fp", help="false-positive rate the threshold is picked for"),
+    target_fp: float = typer.Option(0.07, "--target-fp", help="false-positive rate the threshold is picked for"),
 ) -> None:
     """Embed the train split with the offline encoder, fit the head, save it with a manifest under var/."""
     from gateway.grounding.encoder import Encoder

@@ -8,13 +8,13 @@ would cost time on the hot path and drop fields vLLM adds.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from opentelemetry import trace
 
 from gateway.backends import BackendPool
@@ -29,6 +29,7 @@ from policies.errors import PolicyError, PolicyHTTPError, PolicyTimeout
 from policies.registry_models import RouteEntry
 
 ROUTED_MODEL = "flywheel"
+_encode = msgspec.json.encode
 log = logging.getLogger("flywheel.gateway.chat")
 
 
@@ -352,4 +353,4 @@ def _log_request(response_id: str, version: str, status: str, elapsed: float, *,
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _encode(obj) + b"\n\n"

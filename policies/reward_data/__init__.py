@@ -1,0 +1,1 @@
+"""Shipped preference examples for the initial reward head (see policies.reward.shipped)."""
