@@ -67,6 +67,7 @@ class Stack:
         self.preflight()
         creds = ensure_credentials(s)
         self._ensure_seed_model()
+        self._ensure_safety_classifier()
         if not s.kafka_bootstrap:
             self._start_broker()
         if not s.vllm_url:
@@ -92,6 +93,18 @@ class Stack:
         config = SeedConfig.fixture() if self.settings.seed_preset == "fixture" else SeedConfig.default()
         ensure_seed_model(target, config, console=self.console)
         self.console.print(f"[green]✓[/] seed policy at {target}")
+
+    def _ensure_safety_classifier(self) -> None:
+        """The learned input filter is trained here, once, from the labelled set the project ships."""
+        if "classifier" not in self.settings.safety_input_filters or not self.settings.safety_enabled:
+            return
+        from gateway.grounding.encoder import Encoder
+        from safety.classifier import ensure_trained
+
+        with self.console.status("training the safety classifier head (first start only)…"):
+            trained = ensure_trained(self.settings.safety_classifier_dir, Encoder.load(self.settings.encoder_path))
+        verb = "trained" if trained else "found"
+        self.console.print(f"[green]✓[/] safety classifier {verb} at {self.settings.safety_classifier_dir}")
 
     def _start_broker(self) -> None:
         from deploy.broker import EmbeddedBroker

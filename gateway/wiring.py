@@ -19,13 +19,19 @@ from flywheel.settings import Settings
 from gateway.admin.service import AdminService
 from gateway.app import create_app
 from gateway.backends import BackendPool
+from gateway.chat.pipeline import RequestPipeline
 from gateway.chat.service import ChatService
+from gateway.chat.upstream import Upstream
+from gateway.grounding.encoder import Encoder
+from gateway.grounding.retriever import Retriever
+from gateway.grounding.stage import GroundingStage
 from gateway.feedback.service import FeedbackService
 from gateway.interactions import InteractionRecorder
 from gateway.routing.cache import RoutingTableCache
 from gateway.telemetry import Telemetry, configure_json_logging
 from policies.registry import PolicyRegistry
 from policies.vllm_client import PolicyClient
+from safety.chain import SafetyChain
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +64,20 @@ def build_gateway(settings: Settings) -> FastAPI:
     producer = EventProducer(settings.model_copy(update={"spool_path": spool_path}), client_id="flywheel-gateway")
     recorder = InteractionRecorder(producer, settings.user_hash_salt)
     signer = FeedbackTokenSigner(_feedback_secret(settings), settings.feedback_token_ttl_s)
+    encoder = Encoder.load(settings.encoder_path, threads=settings.encoder_threads)  # shared by all stages
+    retriever = Retriever.from_settings(settings, encoder=encoder) if settings.grounding_enabled else None
+    pipeline = RequestPipeline(
+        SafetyChain.from_settings(settings, encoder=encoder),
+        GroundingStage(retriever, settings.grounding_top_k) if retriever else None,
+        None,
+        grounding_default=settings.grounding_enabled,
+        best_of_n_default=settings.best_of_n_default,
+        max_best_of_n=settings.max_best_of_n,
+    )
     chat = ChatService(
         routes,
-        backends,
+        Upstream(backends, routes, telemetry.metrics),
+        pipeline,
         telemetry,
         signer=signer,
         recorder=recorder,

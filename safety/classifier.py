@@ -238,3 +238,22 @@ def train(
         "sklearn_version": sklearn.__version__,
     }
     return classifier, manifest
+
+
+def ensure_trained(out_dir: Path, encoder: TextEncoder, config: TrainConfig | None = None) -> bool:
+    """Train and save the head unless ``out_dir`` holds one trained on the shipped set with this encoder.
+
+    `flywheel up` calls this, as it builds the seed model, so a fresh machine gets the learned filter
+    without a manual step. Returns True when it trained.
+    """
+    from safety.dataset import DEFAULT_DATASET, dataset_digest, load_dataset
+
+    digest = dataset_digest(DEFAULT_DATASET)
+    manifest_path = Path(out_dir) / MANIFEST_FILE
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("dataset_sha256") == digest and manifest.get("encoder") == encoder.name:
+            return False
+    classifier, manifest = train(load_dataset(DEFAULT_DATASET), encoder, config or TrainConfig(), digest)
+    classifier.save(Path(out_dir), manifest)
+    return True

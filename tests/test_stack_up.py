@@ -27,8 +27,9 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _env(tmp_path: Path, seed_model_dir: Path, **extra: str) -> dict[str, str]:
+def _env(tmp_path: Path, seed_model_dir: Path, shared: dict[str, str], **extra: str) -> dict[str, str]:
     return {
+        **shared,
         **os.environ,
         "FLYWHEEL_VAR_DIR": str(tmp_path / "var"),
         "FLYWHEEL_PORT": str(free_port()),
@@ -40,8 +41,10 @@ def _env(tmp_path: Path, seed_model_dir: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def test_up_serves_chat_and_stops_cleanly_on_sigterm(tmp_path: Path, seed_model_dir: Path) -> None:
-    env = _env(tmp_path, seed_model_dir)
+def test_up_serves_chat_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, seed_model_dir: Path, gateway_shared_env: dict[str, str]
+) -> None:
+    env = _env(tmp_path, seed_model_dir, gateway_shared_env)
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "flywheel.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -87,14 +90,14 @@ def test_up_serves_chat_and_stops_cleanly_on_sigterm(tmp_path: Path, seed_model_
     assert not alive, f"left behind: {[p.pid for p in alive]}"
 
 
-def test_up_names_a_busy_port(tmp_path: Path, seed_model_dir: Path) -> None:
+def test_up_names_a_busy_port(tmp_path: Path, seed_model_dir: Path, gateway_shared_env: dict[str, str]) -> None:
     import socket
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = _env(tmp_path, seed_model_dir, FLYWHEEL_PORT=str(port))
+        env = _env(tmp_path, seed_model_dir, gateway_shared_env, FLYWHEEL_PORT=str(port))
         done = subprocess.run(
             [sys.executable, "-m", "flywheel.cli", "up"], env=env, capture_output=True, text=True, timeout=120
         )

@@ -66,16 +66,24 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0, le=2)
     min_tokens: int | None = Field(None, ge=0)
     ignore_eos: bool | None = None
+    # Flywheel extensions
+    best_of_n: int | None = Field(None, ge=1, description="sample k candidates, return the reward model's best")
+    grounding: bool | None = Field(None, description="false: answer without retrieved sources")
 
-    def upstream_body(self, served_model_name: str) -> dict[str, Any]:
-        """The body vLLM receives: OpenAI fields only, our model name, no Flywheel extensions."""
+    def upstream_body(
+        self, served_model_name: str, messages: list[dict[str, Any]], *, n: int | None = None, stream: bool | None = None
+    ) -> dict[str, Any]:
+        """The body vLLM receives: OpenAI fields only, the stage-processed messages, our model name."""
         body = self.model_dump(
             exclude_none=True,
-            exclude={"model", "user", "stream_options", "messages"},
+            exclude={"model", "user", "stream_options", "messages", "best_of_n", "grounding", "stream"},
         )
         body["model"] = served_model_name
-        body["messages"] = [m.model_dump(exclude_none=True) for m in self.messages]
-        if self.stream:
+        body["messages"] = messages
+        if n is not None:
+            body["n"] = n
+        body["stream"] = self.stream if stream is None else stream
+        if body["stream"]:
             # Always ask for usage so the gateway can count tokens; forwarded only if the client asked.
             body["stream_options"] = {"include_usage": True}
         return body

@@ -1,8 +1,8 @@
-"""Chat completions: route to a policy version, call vLLM, fall back from a failing canary, decorate.
+"""Chat completions: admission → limits → input stages → route → generate → choose → output safety → respond.
 
-The request path runs one way: limits → route → generate → respond. vLLM's JSON is passed through
-untouched apart from the ``id`` and the added ``flywheel`` object, because re-modelling every response
-would cost time on the hot path and drop fields vLLM adds.
+vLLM's JSON is passed through apart from ``id``, ``model``, the chosen choice (best-of-n) and output
+redactions, plus the added ``flywheel`` object; re-modelling every response would cost time on the hot
+path and drop fields vLLM adds. The interaction leaves on the side through the recorder (never blocks).
 """
 
 from __future__ import annotations
@@ -14,47 +14,28 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 from opentelemetry import trace
 
-from gateway.backends import BackendPool
-from gateway.chat.protocol import ChatCompletionRequest
 from feedback.tokens import FeedbackTokenSigner
-from gateway.errors import APIError, BadRequest, GatewayTimeout, NotFound, RateLimited, ServiceUnavailable
+from gateway.chat.pipeline import Prepared, RequestPipeline, safety_report
+from gateway.chat.protocol import ChatCompletionRequest
+from gateway.chat.streaming import DONE, StreamState, relay, replay, sse
+from gateway.chat.upstream import Upstream, map_policy_error
+from gateway.errors import BadRequest, NotFound, RateLimited
 from gateway.interactions import InteractionFacts, InteractionRecorder
 from gateway.routing.cache import RoutingTableCache
 from gateway.routing.split import pick
 from gateway.telemetry import Telemetry
-from policies.errors import PolicyError, PolicyHTTPError, PolicyTimeout
+from policies.errors import PolicyError
 from policies.registry_models import RouteEntry
+from safety.refusal import refusal_chunks, refusal_completion
 
 ROUTED_MODEL = "flywheel"
-_encode = msgspec.json.encode
 log = logging.getLogger("flywheel.gateway.chat")
 
 
 def new_response_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
-
-
-def map_policy_error(exc: PolicyError) -> APIError:
-    """Translate a backend failure into the client-facing error it deserves."""
-    if isinstance(exc, PolicyHTTPError) and 400 <= exc.status_code < 500:
-        err = BadRequest(f"policy rejected the request: {exc.message}", code="upstream_rejected")
-        err.status_code = exc.status_code if exc.status_code in (400, 404, 422) else 400
-        return err
-    if isinstance(exc, PolicyTimeout):
-        return GatewayTimeout("the policy server did not answer in time", code="upstream_timeout")
-    return ServiceUnavailable(
-        "the policy server is unavailable; retry shortly",
-        code="upstream_unavailable",
-        headers={"Retry-After": "5"},
-    )
-
-
-def _is_backend_failure(exc: PolicyError) -> bool:
-    """A failure of the version's backend (counted against it), not of the client's request."""
-    return not (isinstance(exc, PolicyHTTPError) and 400 <= exc.status_code < 500)
 
 
 class ChatService:
@@ -63,7 +44,8 @@ class ChatService:
     def __init__(
         self,
         routes: RoutingTableCache,
-        backends: BackendPool,
+        upstream: Upstream,
+        pipeline: RequestPipeline,
         telemetry: Telemetry,
         *,
         signer: FeedbackTokenSigner,
@@ -74,7 +56,8 @@ class ChatService:
         max_in_flight: int,
     ) -> None:
         self.routes = routes
-        self.backends = backends
+        self.upstream = upstream
+        self.pipeline = pipeline
         self.telemetry = telemetry
         self.signer = signer
         self.recorder = recorder
@@ -84,16 +67,13 @@ class ChatService:
         self.max_in_flight = max_in_flight
         self._in_flight = 0
 
-    # --- admission ----------------------------------------------------------------------------
+    # --- admission, limits, routing ---------------------------------------------------------
     def _admit(self) -> None:
         """Bounded concurrency: past the cap, answer 429 at once instead of piling up behind vLLM."""
         if self._in_flight >= self.max_in_flight:
             self.telemetry.metrics.requests.labels("none", "429").inc()
-            raise RateLimited(
-                f"too many requests in flight (limit {self.max_in_flight}); retry shortly",
-                code="concurrency_limit",
-                headers={"Retry-After": "1"},
-            )
+            raise RateLimited(f"too many requests in flight (limit {self.max_in_flight}); retry shortly",
+                              code="concurrency_limit", headers={"Retry-After": "1"})  # fmt: skip
         self._in_flight += 1
         self.telemetry.metrics.in_flight.set(self._in_flight)
 
@@ -101,8 +81,8 @@ class ChatService:
         self._in_flight -= 1
         self.telemetry.metrics.in_flight.set(self._in_flight)
 
-    # --- validation & routing ---------------------------------------------------------------
-    def check_limits(self, req: ChatCompletionRequest) -> None:
+    def check_limits(self, req: ChatCompletionRequest) -> int:
+        """Validate caps; returns the best-of-n to use."""
         if req.n > self.max_n:
             raise BadRequest(f"n must be at most {self.max_n}", param="n")
         for name in ("max_tokens", "max_completion_tokens"):
@@ -111,6 +91,15 @@ class ChatService:
                 raise BadRequest(f"{name} must be at most {self.max_tokens_cap}", param=name)
         if len(req.messages) > self.max_messages:
             raise BadRequest(f"at most {self.max_messages} messages per request", param="messages")
+        k = self.pipeline.best_of_n(req)
+        if k > 1:
+            if req.best_of_n is not None and req.best_of_n > self.pipeline.max_best_of_n:
+                raise BadRequest(f"best_of_n must be at most {self.pipeline.max_best_of_n}", param="best_of_n")
+            if req.n > 1:
+                raise BadRequest("best_of_n returns one answer: use it with n=1", param="best_of_n")
+            if req.temperature == 0:
+                raise BadRequest("best_of_n needs sampling: use temperature > 0", param="temperature")
+        return k
 
     def route(self, model: str, sticky_key: str | None) -> tuple[RouteEntry, bool]:
         """The version to answer with, and whether the client pinned it by name."""
@@ -123,234 +112,212 @@ class ChatService:
         return entry, True
 
     def models(self) -> list[dict[str, Any]]:
-        table = self.routes.get()
         created = int(time.time())
         listed = [{"id": ROUTED_MODEL, "object": "model", "created": created, "owned_by": "flywheel"}]
-        for entry in table.entries():
-            listed.append(
-                {
-                    "id": entry.version_id,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "flywheel",
-                    "status": entry.status,
-                }
-            )
+        for entry in self.routes.get().entries():
+            listed.append({"id": entry.version_id, "object": "model", "created": created,
+                           "owned_by": "flywheel", "status": entry.status})  # fmt: skip
         return listed
+
+    def _flywheel(self, response_id: str, version: str, prepared: Prepared, **extra: Any) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "response_id": response_id,
+            "policy_version": version,
+            "feedback_token": self.signer.issue(response_id, version),
+            "citations": [c.as_dict() for c in prepared.citations],
+        }
+        obj.update(extra)
+        return obj
 
     # --- non-streaming ----------------------------------------------------------------------
     async def complete(self, req: ChatCompletionRequest, sticky_key: str | None) -> dict[str, Any]:
-        self.check_limits(req)
+        k = self.check_limits(req)
         self._admit()
         try:
-            return await self._complete(req, sticky_key)
+            return await self._complete(req, sticky_key, k)
         finally:
             self._release()
 
-    async def _complete(self, req: ChatCompletionRequest, sticky_key: str | None) -> dict[str, Any]:
-        target, pinned = self.route(req.model, sticky_key)
-        response_id = new_response_id()
-        metrics = self.telemetry.metrics
+    async def _complete(self, req: ChatCompletionRequest, sticky_key: str | None, k: int) -> dict[str, Any]:
         started = time.perf_counter()
-        with self.telemetry.tracer.start_as_current_span("generate") as span:
+        response_id = new_response_id()
+        tracer = self.telemetry.tracer
+        with tracer.start_as_current_span("input_stages"):
+            prepared = await self.pipeline.prepare(req)
+        target, pinned = self.route(req.model, sticky_key)
+        if prepared.blocked:
+            return self._refuse(req, response_id, target, prepared, started)
+        with tracer.start_as_current_span("generate") as span:
+            result, target = await self.upstream.complete(
+                target, pinned, lambda e: req.upstream_body(e.served_model_name, prepared.messages, n=k if k > 1 else None)
+            )
             span.set_attribute("flywheel.policy_version", target.version_id)
-            try:
-                result = await self._call(target, req)
-            except PolicyError as exc:
-                if not self._should_fall_back(target, pinned, exc):
-                    self._count_failure(target, exc)
-                    raise map_policy_error(exc) from None
-                self._count_failure(target, exc)
-                metrics.canary_fallbacks.labels(target.version_id).inc()
-                target = self.routes.get().stable
-                span.set_attribute("flywheel.fallback_to", target.version_id)
-                try:
-                    result = await self._call(target, req)
-                except PolicyError as exc2:
-                    self._count_failure(target, exc2)
-                    raise map_policy_error(exc2) from None
+        choices = result.get("choices") or []
+        texts = [(c.get("message") or {}).get("content") or "" for c in choices]
+        with tracer.start_as_current_span("choose"):
+            choice = await self.pipeline.choose(prepared.messages, texts) if k > 1 else None
+        if choice is not None:
+            chosen = dict(choices[choice.index], index=0)
+            result["choices"] = [chosen]
+        with tracer.start_as_current_span("output_safety"):
+            outputs = [self._check_choice(c) for c in result.get("choices") or []]
+        extra: dict[str, Any] = {"safety": safety_report(prepared, outputs)}
+        if choice is not None:
+            extra.update(reward=choice.rewards[choice.index] if choice.rewards else None,
+                         chosen_index=choice.index, candidates=len(texts))  # fmt: skip
         result["id"] = response_id
         result["model"] = req.model
-        result["flywheel"] = self._flywheel_object(response_id, target)
+        result["flywheel"] = self._flywheel(response_id, target.version_id, prepared, **extra)
         usage = result.get("usage") or {}
-        elapsed = time.perf_counter() - started
-        metrics.tokens.labels(target.version_id).inc(usage.get("completion_tokens", 0))
-        metrics.latency.labels(target.version_id, "false").observe(elapsed)
-        metrics.requests.labels(target.version_id, "200").inc()
-        _log_request(response_id, target.version_id, "200", elapsed, stream=False)
-        texts = [(c.get("message") or {}).get("content") or "" for c in result.get("choices", [])]
-        self._record(req, response_id, target, texts, elapsed)
+        self._observe(target, "200", started, usage.get("completion_tokens", 0), stream=False, response_id=response_id)
+        self._record(req, response_id, target, prepared, texts, choice.index if choice else 0,
+                     choice.rewards if choice else None, outputs, started)  # fmt: skip
         return result
 
-    def _flywheel_object(self, response_id: str, target: RouteEntry) -> dict[str, Any]:
-        return {
-            "response_id": response_id,
-            "policy_version": target.version_id,
-            "feedback_token": self.signer.issue(response_id, target.version_id),
-        }
+    def _check_choice(self, choice: dict[str, Any]) -> Any:
+        message = choice.get("message") or {}
+        checked = self.pipeline.check_output(message.get("content") or "")
+        if checked.blocked:
+            choice["message"] = {"role": "assistant", "content": self.pipeline.safety.refusal_message,
+                                 "refusal": self.pipeline.safety.refusal_message}  # fmt: skip
+            choice["finish_reason"] = "content_filter"
+        elif checked.redacted:
+            message["content"] = checked.text
+        return checked
 
-    def _record(
-        self, req: ChatCompletionRequest, response_id: str, target: RouteEntry, texts: list[str], elapsed: float
-    ) -> None:
-        """Hand the interaction to the recorder (O(1); redaction and Kafka happen off this path)."""
-        if self.recorder is None:
-            return
-        span_ctx = trace.get_current_span().get_span_context()
-        self.recorder.submit(
-            InteractionFacts(
-                response_id=response_id,
-                policy_version=target.version_id,
-                messages=[{"role": m.role, "content": m.text()} for m in req.messages],
-                candidates=texts,
-                latency_ms=elapsed * 1000,
-                trace_id=format(span_ctx.trace_id, "032x") if span_ctx.is_valid else None,
-                user=req.user,
-            )
-        )
-
-    async def _call(self, target: RouteEntry, req: ChatCompletionRequest) -> dict[str, Any]:
-        client = self.backends.client_for(target.endpoint)
-        return await client.chat_completions(req.upstream_body(target.served_model_name))
-
-    def _should_fall_back(self, target: RouteEntry, pinned: bool, exc: PolicyError) -> bool:
-        return target.status == "canary" and not pinned and _is_backend_failure(exc)
-
-    def _count_failure(self, target: RouteEntry, exc: PolicyError) -> None:
-        kind = type(exc).__name__
-        if isinstance(exc, PolicyHTTPError):
-            kind = f"{kind}:{exc.status_code}"
-        self.telemetry.metrics.errors.labels(target.version_id, kind).inc()
+    def _refuse(
+        self, req: ChatCompletionRequest, response_id: str, target: RouteEntry, prepared: Prepared, started: float
+    ) -> dict[str, Any]:
+        """A blocked request: a normal 200 with finish_reason content_filter, never an error."""
+        flywheel = self._flywheel(response_id, target.version_id, prepared, safety=safety_report(prepared, []))
+        body = refusal_completion(completion_id=response_id, model=req.model, n=req.n, flywheel=flywheel,
+                                  message=self.pipeline.safety.refusal_message)  # fmt: skip
+        self._observe(target, "content_filter", started, 0, stream=False, response_id=response_id)
+        self._record(req, response_id, target, prepared, [], 0, None, [], started)
+        return body
 
     # --- streaming --------------------------------------------------------------------------
-    async def open_stream(
-        self, req: ChatCompletionRequest, sticky_key: str | None
-    ) -> AsyncIterator[bytes]:
-        """Start the upstream stream (falling back before the first byte) and return the SSE body.
+    async def open_stream(self, req: ChatCompletionRequest, sticky_key: str | None) -> AsyncIterator[bytes]:
+        """Run the stages, start the upstream stream (falling back before the first byte), return the body.
 
         Failing before the first chunk lets us answer with a proper HTTP error or retry on stable;
         after that, errors become an SSE error event, which the SDK raises as an APIError.
         """
-        self.check_limits(req)
+        k = self.check_limits(req)
         self._admit()
         try:
+            started = time.perf_counter()
+            prepared = await self.pipeline.prepare(req)
             target, pinned = self.route(req.model, sticky_key)
-            upstream, target = await self._open_with_fallback(target, pinned, req)
+            state = StreamState(new_response_id(), req.model, bool(req.stream_options and req.stream_options.include_usage))
+            if prepared.blocked:
+                body = self._stream_refusal(state, target, prepared)
+            elif k > 1:
+                body = await self._stream_best_of_n(req, state, target, pinned, prepared, k)
+            else:
+                (upstream, first), target = await self.upstream.open_stream(
+                    target, pinned, lambda e: req.upstream_body(e.served_model_name, prepared.messages)
+                )
+                body = relay(upstream, first, state, self.pipeline.stream_guard, self.pipeline.safety.refusal_message,
+                             req.n)  # fmt: skip
+                body = self._closing(body, upstream)
         except BaseException:
             self._release()
             raise
-        return self._relay(req, target, *upstream)
+        return self._finish_stream(req, body, state, target, prepared, started)
 
-    async def _open_with_fallback(
-        self, target: RouteEntry, pinned: bool, req: ChatCompletionRequest
-    ) -> tuple[tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None], RouteEntry]:
+    async def _closing(self, body: AsyncIterator[bytes], upstream: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         try:
-            upstream, first = await self._start_stream(target, req)
+            async for part in body:
+                yield part
+        finally:
+            await upstream.aclose()  # closes the connection: vLLM aborts whatever is left
+
+    async def _stream_best_of_n(
+        self, req: ChatCompletionRequest, state: StreamState, target: RouteEntry, pinned: bool,
+        prepared: Prepared, k: int,
+    ) -> AsyncIterator[bytes]:  # fmt: skip
+        """Best-of-n cannot stream live: generate all k, choose, check, then stream the winner."""
+        result, target = await self.upstream.complete(
+            target, pinned, lambda e: req.upstream_body(e.served_model_name, prepared.messages, n=k, stream=False)
+        )
+        choices = result.get("choices") or []
+        texts = [(c.get("message") or {}).get("content") or "" for c in choices]
+        choice = await self.pipeline.choose(prepared.messages, texts)
+        winner = dict(choices[choice.index], index=0)
+        checked = self._check_choice(winner)
+        state.outputs[0] = checked
+        state.texts[0] = [(winner.get("message") or {}).get("content") or ""]
+        state.completion_tokens = (result.get("usage") or {}).get("completion_tokens", 0)
+        state.best = (choice, texts, target)
+        return replay(state, state.texts[0][:1], [winner.get("finish_reason") or "stop"])
+
+    async def _stream_refusal(self, state: StreamState, target: RouteEntry, prepared: Prepared) -> AsyncIterator[bytes]:
+        for chunk in refusal_chunks(completion_id=state.response_id, model=state.model, created=state.created,
+                                    message=self.pipeline.safety.refusal_message):  # fmt: skip
+            chunk.pop("flywheel", None)
+            yield sse(chunk)
+        state.status = "content_filter"
+
+    async def _finish_stream(
+        self, req: ChatCompletionRequest, body: AsyncIterator[bytes], state: StreamState, target: RouteEntry,
+        prepared: Prepared, started: float,
+    ) -> AsyncIterator[bytes]:  # fmt: skip
+        try:
+            async for part in body:
+                yield part
+            best = state.best
+            outputs = [state.outputs[i] for i in sorted(state.outputs)]
+            extra: dict[str, Any] = {"safety": safety_report(prepared, outputs)}
+            if best is not None:
+                choice, candidates, target = best
+                extra.update(reward=choice.rewards[choice.index] if choice.rewards else None,
+                             chosen_index=choice.index, candidates=len(candidates))  # fmt: skip
+            yield sse(state.chunk([], flywheel=self._flywheel(state.response_id, target.version_id, prepared, **extra)))
+            texts = best[1] if best is not None else state.joined()
+            self._record(req, state.response_id, target, prepared, texts, best[0].index if best else 0,
+                         best[0].rewards if best else None, outputs, started)  # fmt: skip
         except PolicyError as exc:
-            self._count_failure(target, exc)
-            if not self._should_fall_back(target, pinned, exc):
-                raise map_policy_error(exc) from None
-            self.telemetry.metrics.canary_fallbacks.labels(target.version_id).inc()
-            target = self.routes.get().stable
-            try:
-                upstream, first = await self._start_stream(target, req)
-            except PolicyError as exc2:
-                self._count_failure(target, exc2)
-                raise map_policy_error(exc2) from None
-        return (upstream, first), target
-
-    async def _start_stream(
-        self, target: RouteEntry, req: ChatCompletionRequest
-    ) -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None]:
-        client = self.backends.client_for(target.endpoint)
-        upstream = client.stream_chat_completions(req.upstream_body(target.served_model_name))
-        try:
-            first = await upstream.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            await upstream.aclose()
-            raise
-        return upstream, first
-
-    async def _relay(
-        self,
-        req: ChatCompletionRequest,
-        target: RouteEntry,
-        upstream: AsyncIterator[dict[str, Any]],
-        first: dict[str, Any] | None,
-    ) -> AsyncIterator[bytes]:
-        response_id = new_response_id()
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        metrics = self.telemetry.metrics
-        started = time.perf_counter()
-        created = int(time.time())
-        status = "200"
-        texts: dict[int, list[str]] = {}
-        try:
-            chunk = first
-            while chunk is not None:
-                for choice in chunk.get("choices") or ():
-                    delta = (choice.get("delta") or {}).get("content")
-                    if delta:
-                        texts.setdefault(choice.get("index", 0), []).append(delta)
-                created = chunk.get("created", created)
-                usage = chunk.get("usage")
-                if usage and not chunk.get("choices"):
-                    metrics.tokens.labels(target.version_id).inc(usage.get("completion_tokens", 0))
-                    if not include_usage:
-                        chunk = await anext(upstream, None)
-                        continue
-                elif not include_usage:
-                    chunk.pop("usage", None)
-                chunk["id"] = response_id
-                chunk["model"] = req.model
-                yield _sse(chunk)
-                chunk = await anext(upstream, None)
-            final = {
-                "id": response_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": req.model,
-                "choices": [],
-                "flywheel": self._flywheel_object(response_id, target),
-            }
-            yield _sse(final)
-            joined = ["".join(texts[i]) for i in sorted(texts)]
-            self._record(req, response_id, target, joined, time.perf_counter() - started)
+            state.status = "stream_error"
+            self.upstream.count_failure(target, exc)
+            yield sse(map_policy_error(exc).body())
         except (asyncio.CancelledError, GeneratorExit):
-            status = "client_closed"  # the client went away; closing upstream aborts vLLM's work
+            state.status = "client_closed"
             raise
-        except PolicyError as exc:
-            status = "stream_error"
-            self._count_failure(target, exc)
-            err = map_policy_error(exc)
-            yield _sse(err.body())
         finally:
             self._release()
-            await upstream.aclose()
-            elapsed = time.perf_counter() - started
-            metrics.latency.labels(target.version_id, "true").observe(elapsed)
-            metrics.requests.labels(target.version_id, status).inc()
-            _log_request(response_id, target.version_id, status, elapsed, stream=True)
-        yield b"data: [DONE]\n\n"
+            self._observe(target, state.status, started, state.completion_tokens, stream=True,
+                          response_id=state.response_id)  # fmt: skip
+        yield DONE
 
+    # --- bookkeeping ------------------------------------------------------------------------
+    def _observe(self, target: RouteEntry, status: str, started: float, tokens: int, *, stream: bool,
+                 response_id: str) -> None:  # fmt: skip
+        elapsed = time.perf_counter() - started
+        metrics = self.telemetry.metrics
+        metrics.tokens.labels(target.version_id).inc(tokens)
+        metrics.latency.labels(target.version_id, "true" if stream else "false").observe(elapsed)
+        metrics.requests.labels(target.version_id, status).inc()
+        if log.isEnabledFor(logging.INFO):
+            ctx = trace.get_current_span().get_span_context()
+            log.info("chat request", extra={
+                "response_id": response_id, "trace_id": format(ctx.trace_id, "032x") if ctx.is_valid else None,
+                "policy_version": target.version_id, "status": status, "latency_ms": round(elapsed * 1000, 2),
+                "stream": stream})  # fmt: skip
 
-def _log_request(response_id: str, version: str, status: str, elapsed: float, *, stream: bool) -> None:
-    """One structured line per chat request; the JSON formatter adds time and level."""
-    if log.isEnabledFor(logging.INFO):
+    def _record(
+        self, req: ChatCompletionRequest, response_id: str, target: RouteEntry, prepared: Prepared,
+        texts: list[str], chosen: int, rewards: list[float] | None, outputs: list[Any], started: float,
+    ) -> None:  # fmt: skip
+        """Hand the interaction to the recorder (O(1); redaction and Kafka happen off this path)."""
+        if self.recorder is None:
+            return
         ctx = trace.get_current_span().get_span_context()
-        log.info(
-            "chat request",
-            extra={
-                "response_id": response_id,
-                "trace_id": format(ctx.trace_id, "032x") if ctx.is_valid else None,
-                "policy_version": version,
-                "status": status,
-                "latency_ms": round(elapsed * 1000, 2),
-                "stream": stream,
-            },
-        )
-
-
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + _encode(obj) + b"\n\n"
+        self.recorder.submit(InteractionFacts(
+            response_id=response_id, policy_version=target.version_id,
+            messages=[{"role": m.role, "content": m.text()} for m in req.messages],
+            candidates=texts, chosen_index=chosen, rewards=rewards, grounding_doc_ids=prepared.doc_ids,
+            safety=[r.to_dict() for r in [prepared.input_safety, *outputs] if r is not None],
+            latency_ms=(time.perf_counter() - started) * 1000,
+            trace_id=format(ctx.trace_id, "032x") if ctx.is_valid else None, user=req.user,
+        ))  # fmt: skip

@@ -1,0 +1,130 @@
+"""Server-sent events for chat: relaying vLLM's stream through the output guard, and replaying a finished
+answer (best-of-n, refusals) as a stream.
+
+Output safety on a stream works over a hold-back window (``safety.streaming.StreamGuard``): text is sent
+only once the window after it has been checked, so an unsafe string split across chunks never reaches
+the client; the cost is up to ``safety_holdback_chars`` of delay. The final chunk (empty ``choices``)
+carries the ``flywheel`` object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from safety.refusal import refusal_chunks
+from safety.streaming import StreamGuard
+from safety.verdict import ChainResult
+
+_encode = msgspec.json.encode
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + _encode(obj) + b"\n\n"
+
+
+@dataclass
+class StreamState:
+    """What a stream produced, for metrics and the interaction event."""
+
+    response_id: str
+    model: str
+    include_usage: bool
+    created: int = field(default_factory=lambda: int(time.time()))
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    outputs: dict[int, ChainResult] = field(default_factory=dict)
+    completion_tokens: int = 0
+    status: str = "200"
+    best: Any = None  # (Choice, candidate texts, target) when best-of-n picked the streamed answer
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.response_id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": choices, **extra}  # fmt: skip
+
+    def joined(self) -> list[str]:
+        return ["".join(self.texts[i]) for i in sorted(self.texts)]
+
+
+def _delta(index: int, content: str | None = None, finish: str | None = None, role: str | None = None) -> dict:
+    delta: dict[str, Any] = {}
+    if role:
+        delta["role"] = role
+    if content:
+        delta["content"] = content
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+async def relay(
+    upstream: AsyncIterator[dict[str, Any]],
+    first: dict[str, Any] | None,
+    state: StreamState,
+    new_guard: Callable[[], StreamGuard],
+    refusal_message: str,
+    n: int,
+) -> AsyncIterator[bytes]:
+    """Forward vLLM's chunks, each choice's text through its own guard; stop a choice that turns unsafe."""
+    guards: dict[int, StreamGuard] = {}
+    blocked: set[int] = set()
+    chunk = first
+    while chunk is not None:
+        state.created = chunk.get("created", state.created)
+        usage = chunk.get("usage")
+        if usage and not chunk.get("choices"):
+            state.completion_tokens = usage.get("completion_tokens", 0)
+            if state.include_usage:
+                yield sse(state.chunk([], usage=usage))
+            chunk = await anext(upstream, None)
+            continue
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            if index in blocked:
+                continue
+            guard = guards.get(index) or guards.setdefault(index, new_guard())
+            delta = choice.get("delta") or {}
+            released = guard.feed(delta.get("content") or "")
+            finish = choice.get("finish_reason")
+            if guard.blocked:
+                blocked.add(index)
+                state.outputs[index] = guard.result
+                for refusal in refusal_chunks(completion_id=state.response_id, model=state.model,
+                                              message=refusal_message, index=index, created=state.created):
+                    refusal.pop("flywheel", None)
+                    yield sse(refusal)
+                continue  # fmt: skip
+            if released or delta.get("role"):
+                state.texts.setdefault(index, []).append(released)
+                yield sse(state.chunk([_delta(index, released, role=delta.get("role"))]))
+            if finish:
+                end = guard.finish()
+                state.outputs[index] = end.result
+                if end.blocked:
+                    blocked.add(index)
+                    for refusal in refusal_chunks(completion_id=state.response_id, model=state.model,
+                                                  message=refusal_message, index=index, created=state.created):
+                        refusal.pop("flywheel", None)
+                        yield sse(refusal)
+                    continue  # fmt: skip
+                if end.text:
+                    state.texts.setdefault(index, []).append(end.text)
+                yield sse(state.chunk([_delta(index, end.text, finish=finish)]))
+        if len(blocked) >= n:
+            return  # every choice is refused: stop reading, so vLLM stops generating
+        chunk = await anext(upstream, None)
+
+
+async def replay(state: StreamState, texts: list[str], finishes: list[str]) -> AsyncIterator[bytes]:
+    """Send finished answers as a stream (best-of-n picks after generating, so it cannot stream live)."""
+    for index, (text, finish) in enumerate(zip(texts, finishes, strict=True)):
+        yield sse(state.chunk([_delta(index, role="assistant")]))
+        words = text.split(" ")
+        for i in range(0, len(words), 4):
+            piece = " ".join(words[i : i + 4]) + (" " if i + 4 < len(words) else "")
+            yield sse(state.chunk([_delta(index, piece)]))
+            await asyncio.sleep(0)
+        yield sse(state.chunk([_delta(index, finish=finish)]))
