@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     user_hash_salt: str = Field("flywheel-dev-salt", description="salt for hashing user ids; set in production")
     spool_path: Path | None = Field(None, description="durable producer spool; unset = var/spool/events.db")
     spool_max_bytes: int = 256 * 1024 * 1024
-    producer_linger_ms: int = 5
+    producer_linger_ms: int = Field(20, description="batching delay; 20 ms measured 30-40k msg/s here")
     producer_buffer_bytes: int = 32 * 1024 * 1024
     producer_delivery_timeout_ms: int = 10_000
     producer_durable_timeout_s: float = Field(0.5, description="send_durable waits this long for Kafka, then spools")

@@ -64,7 +64,11 @@ def build_gateway(settings: Settings) -> FastAPI:
     producer = EventProducer(settings.model_copy(update={"spool_path": spool_path}), client_id="flywheel-gateway")
     recorder = InteractionRecorder(producer, settings.user_hash_salt)
     signer = FeedbackTokenSigner(_feedback_secret(settings), settings.feedback_token_ttl_s)
-    encoder = Encoder.load(settings.encoder_path, threads=settings.encoder_threads)  # shared by all stages
+    needs_encoder = settings.grounding_enabled or (
+        settings.safety_enabled and "classifier" in settings.safety_input_filters
+    )
+    # One encoder shared by every stage that embeds text (retrieval, the safety head).
+    encoder = Encoder.load(settings.encoder_path, threads=settings.encoder_threads) if needs_encoder else None
     retriever = Retriever.from_settings(settings, encoder=encoder) if settings.grounding_enabled else None
     pipeline = RequestPipeline(
         SafetyChain.from_settings(settings, encoder=encoder),

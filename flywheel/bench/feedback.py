@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -47,6 +48,12 @@ class FeedbackPoint:
     stored: int  # ratings of this point the consumer committed
     lag_p50_ms: float | None
     lag_p99_ms: float | None
+    cpu_ms_per_rating: float | None  # gateway process CPU (all threads) per accepted rating
+
+    @property
+    def per_core_rps(self) -> float | None:
+        """What one fully available core would sustain at this CPU cost (the machine is shared)."""
+        return 1000 / self.cpu_ms_per_rating if self.cpu_ms_per_rating else None
 
 
 def _accepted(url: str) -> int:
@@ -69,7 +76,14 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
-def _start_gateway(stack: contextlib.ExitStack, work: Path, backend: services.Backend, bootstrap: str) -> str:
+def _cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def _start_gateway(
+    stack: contextlib.ExitStack, work: Path, backend: services.Backend, bootstrap: str
+) -> tuple[str, int]:
     port = free_port()
     env = {
         **os.environ,
@@ -87,32 +101,35 @@ def _start_gateway(stack: contextlib.ExitStack, work: Path, backend: services.Ba
     stack.callback(proc.stop)
     url = f"http://127.0.0.1:{port}"
     proc.wait_ready(lambda: _http_ok(f"{url}/readyz"), timeout_s=90)
-    return url
+    assert proc.pid is not None
+    return url, proc.pid
 
 
 def measure(
-    url: str, script: Path, store: LagRecordingStore, concurrency: int, duration_s: float, console: Console
+    url: str, pid: int, script: Path, store: LagRecordingStore, concurrency: int, duration_s: float, console: Console
 ) -> FeedbackPoint:
     """One wrk run; then wait for the store to catch up and read this run's lags."""
     store.take_lags()
-    before = _accepted(url)
+    before, cpu_before = _accepted(url), _cpu_s(pid)
     result = run_wrk_pool(f"{url}/v1/feedback", script, concurrency, duration_s)
-    accepted = _accepted(url) - before
+    accepted, cpu = _accepted(url) - before, _cpu_s(pid) - cpu_before
     wait_for(lambda: store.seen() >= accepted, timeout_s=120)
     lags = store.take_lags()
     p50, p99 = percentile(lags, 50), percentile(lags, 99)
     point = FeedbackPoint(concurrency, result, accepted, len(lags),
-                          p50 * 1000 if p50 is not None else None, p99 * 1000 if p99 is not None else None)  # fmt: skip
+                          p50 * 1000 if p50 is not None else None, p99 * 1000 if p99 is not None else None,
+                          cpu * 1000 / accepted if accepted else None)  # fmt: skip
     console.print(
         f"  c={concurrency:<4} {result.rps:8.0f} ratings/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
         f"  lag p50 {_ms(point.lag_p50_ms)}  p99 {_ms(point.lag_p99_ms)}  stored {len(lags)}/{accepted}"
+        f"  gateway CPU {_ms(point.cpu_ms_per_rating, 3)}/rating"
         + (f"  [red]{result.failed} failed" if result.failed else "")
     )
     return point
 
 
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f} ms"
+def _ms(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f} ms"
 
 
 def markdown(points: list[FeedbackPoint], duration_s: float, header: str) -> str:
@@ -120,7 +137,8 @@ def markdown(points: list[FeedbackPoint], duration_s: float, header: str) -> str
     worst_lag = max((p.lag_p99_ms for p in points if p.lag_p99_ms is not None), default=None)
     rows = "\n".join(
         f"| {p.concurrency} | {p.wrk.rps:.0f} | {p.wrk.p50_ms:.2f} | {p.wrk.p99_ms:.2f} | {p.wrk.failed} | "
-        f"{p.stored}/{p.accepted} | {_ms(p.lag_p50_ms)} | {_ms(p.lag_p99_ms)} |"
+        f"{p.stored}/{p.accepted} | {_ms(p.lag_p50_ms)} | {_ms(p.lag_p99_ms)} | {_ms(p.cpu_ms_per_rating, 3)} | "
+        f"{p.per_core_rps or 0:.0f} |"
         for p in points
     )
     rps_ok = "met" if best.wrk.rps >= TARGET_RPS and not best.wrk.failed else "**not met**"
@@ -133,21 +151,26 @@ def markdown(points: list[FeedbackPoint], duration_s: float, header: str) -> str
         f"pre-minted valid ratings in a closed loop, {duration_s:.0f} s per point after a warm-up; "
         "all processes share the machine's cores.\n\n"
         "| connections | ratings/s (202) | p50 ms | p99 ms | non-202 / errors | stored / accepted | "
-        "lag p50 | lag p99 |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        "lag p50 | lag p99 | gateway CPU / rating | ratings/s per gateway core |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
         f"{rows}\n\n"
         f"- target ≥ {TARGET_RPS:.0f} ratings/s per gateway process: {rps_ok} "
         f"(best {best.wrk.rps:.0f}/s at {best.concurrency} connections)\n"
         f"- target store lag p99 ≤ {TARGET_LAG_P99_S:.0f} s: {lag_ok} (worst p99 {_ms(worst_lag)})\n"
+        "- 'ratings/s per gateway core' = 1 / (gateway process CPU per accepted rating, all its threads): "
+        "what the process would sustain with a core to itself; the measured rate is lower whenever wrk, "
+        "the broker, the consumer and other work on the machine take the cores.\n"
     )
 
 
 def print_table(points: list[FeedbackPoint], console: Console) -> None:
     table = Table(title="POST /v1/feedback (durable)")
-    for col in ("connections", "ratings/s", "p50 ms", "p99 ms", "failed", "stored/accepted", "lag p50", "lag p99"):
+    for col in ("conns", "ratings/s", "p50 ms", "p99 ms", "failed", "stored/acc", "lag p50", "lag p99", "CPU/rating"):
         table.add_column(col, justify="right")
     for p in points:
         table.add_row(str(p.concurrency), f"{p.wrk.rps:.0f}", f"{p.wrk.p50_ms:.2f}", f"{p.wrk.p99_ms:.2f}",
-                      str(p.wrk.failed), f"{p.stored}/{p.accepted}", _ms(p.lag_p50_ms), _ms(p.lag_p99_ms))  # fmt: skip
+                      str(p.wrk.failed), f"{p.stored}/{p.accepted}", _ms(p.lag_p50_ms), _ms(p.lag_p99_ms),
+                      _ms(p.cpu_ms_per_rating, 3))  # fmt: skip
     console.print(table)
 
 
@@ -181,7 +204,7 @@ def run(
         settings = Settings(kafka_bootstrap=broker.bootstrap, var_dir=work, consumer_batch_max=1000)
         ensure_topics(broker.bootstrap, topics_from_settings(settings))
         backend = services.start_stub(stack, work / "stub")
-        url = _start_gateway(stack, _fresh_dir(work / "gateway"), backend, broker.bootstrap)
+        url, pid = _start_gateway(stack, _fresh_dir(work / "gateway"), backend, broker.bootstrap)
         engine = make_engine(f"sqlite:///{work / 'store.db'}")
         stack.callback(engine.dispose)
         create_schema(engine)
@@ -191,8 +214,8 @@ def run(
         script = write_pool_script(work / "wrk", rating_bodies(pool, SECRET), services.BENCH_API_KEY)
         console.print(f"[bold]feedback[/]: gateway {url}, broker {broker.bootstrap}; warming up {warmup:.0f} s …")
         if warmup > 0:
-            measure(url, script, store, max(levels), warmup, console)
-        points = [measure(url, script, store, c, duration, console) for c in levels]
+            measure(url, pid, script, store, max(levels), warmup, console)
+        points = [measure(url, pid, script, store, c, duration, console) for c in levels]
     print_table(points, console)
     if write:
         write_section(out, "feedback", markdown(points, duration, provenance()))

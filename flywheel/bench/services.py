@@ -83,10 +83,17 @@ class Flywheel:
     api_key: str = BENCH_API_KEY
 
 
-def start_flywheel(stack: contextlib.ExitStack, work: Path, backend: Backend) -> Flywheel:
-    """`flywheel serve` with default settings apart from where it keeps state and what it talks to."""
+def start_flywheel(stack: contextlib.ExitStack, work: Path, backend: Backend, stages: bool = False) -> Flywheel:
+    """`flywheel serve` as deployed (with a broker for its interaction events). Without ``stages``,
+    grounding and safety are off, so the gateway bench measures the gateway's own overhead as a proxy;
+    `flywheel bench pipeline` turns them on and measures what they add."""
+    from deploy.broker import EmbeddedBroker
+
     work = _fresh_dir(work)
     port = free_port()
+    broker = EmbeddedBroker("127.0.0.1", free_port(), work / "broker.log")
+    broker.start()
+    stack.callback(broker.stop)
     env = {
         **os.environ,
         "FLYWHEEL_HOST": "127.0.0.1",
@@ -98,7 +105,11 @@ def start_flywheel(stack: contextlib.ExitStack, work: Path, backend: Backend) ->
         "FLYWHEEL_SEED_MODEL_NAME": backend.model,
         "FLYWHEEL_API_KEYS": BENCH_API_KEY,
         "FLYWHEEL_ADMIN_KEYS": "bench-admin-key",
+        "FLYWHEEL_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "FLYWHEEL_FEEDBACK_SECRET": "bench-feedback-secret",
     }
+    if not stages:
+        env.update({"FLYWHEEL_GROUNDING_ENABLED": "false", "FLYWHEEL_SAFETY_ENABLED": "false"})
     proc = ManagedProcess(
         f"flywheel-{port}", [sys.executable, "-m", "flywheel.cli", "serve"], work / "gateway.log", env=env
     )

@@ -75,7 +75,10 @@ class RequestPipeline:
 
     async def prepare(self, req: ChatCompletionRequest) -> Prepared:
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        return await asyncio.to_thread(self._prepare, messages, self.wants_grounding(req))
+        ground = self.wants_grounding(req)
+        if not ground and not self.safety.classifier_filters:
+            return self._prepare(messages, ground)  # patterns only: cheaper than a thread hop
+        return await asyncio.to_thread(self._prepare, messages, ground)
 
     def _prepare(self, messages: list[dict[str, Any]], ground: bool) -> Prepared:
         checked = self.safety.check_input(messages)

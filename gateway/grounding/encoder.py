@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,9 +48,13 @@ class Encoder:
     ("Already borrowed") and two concurrent forward passes only fight over the same cores.
     """
 
-    def __init__(self, model: SentenceTransformer, name: str) -> None:
+    def __init__(self, model: SentenceTransformer, name: str, cache_size: int = 4096) -> None:
         self._model = model
         self._lock = threading.Lock()
+        # Recent short texts -> vector. On the request path the safety head and retrieval both embed
+        # the user's last message; the second asks for a vector the first already paid for.
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
         self.name = name
         dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
         self.dim = int(dim or model.get_sentence_embedding_dimension())
@@ -88,14 +93,30 @@ class Encoder:
         """Embed texts as rows of unit length (so a dot product is the cosine similarity)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) > 16:  # bulk (indexing, training): no caching
+            with self._lock:
+                return self._encode(texts, batch_size)
         with self._lock:
-            vectors = self._model.encode(
-                texts,
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            found = {t: self._cache[t] for t in texts if t in self._cache}
+            for text in found:
+                self._cache.move_to_end(text)
+            todo = [t for t in dict.fromkeys(texts) if t not in found]
+            if todo:
+                for text, vec in zip(todo, self._encode(todo, batch_size), strict=True):
+                    found[text] = self._cache[text] = vec
+                    if len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+            return np.stack([found[t] for t in texts])
+
+    def clear_cache(self) -> None:
+        """Forget cached vectors (benchmarks: every measured request starts cold)."""
+        with self._lock:
+            self._cache.clear()
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        vectors = self._model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     @staticmethod

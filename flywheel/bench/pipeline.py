@@ -1,0 +1,163 @@
+"""`flywheel bench pipeline`: what the request stages cost.
+
+1. Safety + grounding per request, measured in-process on the stage objects the gateway builds
+   (same encoder, same KB, same filters) over the shipped QA questions: input chain, retrieval,
+   condensing, output chain on a typical answer.
+2. Best-of-n latency for n = 1, 2, 4, 8 end to end through a real gateway and real vLLM (one vLLM call
+   with n=k, then reward scoring), side by side in one run.
+3. Retrieval latency over 10,000 chunks (``flywheel.bench.retrieval``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flywheel.bench.gateway import pick_seed_model
+from flywheel.bench.report import write_section
+from flywheel.bench.services import start_flywheel, start_vllm
+from flywheel.settings import Settings
+
+QA_PATH = Path(__file__).resolve().parents[2] / "gateway" / "grounding" / "kb" / "eval" / "qa.jsonl"
+ANSWER = "The Personal plan costs $6 per month and includes 1 TB of storage for up to 3 devices [1]."
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def stage_costs(settings: Settings, rounds: int) -> dict[str, dict[str, float]]:
+    """Per-request milliseconds of each stage, p50/p99, on the gateway's own stage objects."""
+    from gateway.chat.pipeline import RequestPipeline
+    from gateway.grounding.encoder import Encoder
+    from gateway.grounding.retriever import Retriever
+    from gateway.grounding.stage import GroundingStage
+    from safety.chain import SafetyChain
+
+    encoder = Encoder.load(settings.encoder_path, threads=settings.encoder_threads)
+    pipeline = RequestPipeline(
+        SafetyChain.from_settings(settings, encoder=encoder),
+        GroundingStage(Retriever.from_settings(settings, encoder=encoder), settings.grounding_top_k),
+        None, grounding_default=True, best_of_n_default=1, max_best_of_n=8,
+    )  # fmt: skip
+    questions = [json.loads(line)["question"] for line in QA_PATH.read_text().splitlines() if line.strip()]
+    times: dict[str, list[float]] = {"input safety": [], "grounding": [], "output safety": [], "total": []}
+    for _ in range(rounds):
+        for question in questions:
+            messages = [{"role": "user", "content": question}]
+            encoder.clear_cache()  # each request pays for its own embeddings, as a new question would
+            pipeline.safety.classifier_filters and _clear_classifier_cache(pipeline.safety)
+            t0 = time.perf_counter()
+            checked = pipeline.safety.check_input(messages)
+            t1 = time.perf_counter()
+            pipeline.grounding.ground(checked.messages or messages)  # type: ignore[union-attr]
+            t2 = time.perf_counter()
+            pipeline.check_output(ANSWER)
+            t3 = time.perf_counter()
+            for name, value in (("input safety", t1 - t0), ("grounding", t2 - t1), ("output safety", t3 - t2),
+                                ("total", t3 - t0)):  # fmt: skip
+                times[name].append(value * 1000)
+    return {k: {"p50": statistics.median(v), "p99": _pct(v, 0.99), "n": len(v)} for k, v in times.items()}
+
+
+def _clear_classifier_cache(chain: object) -> None:
+    for flt in getattr(chain, "classifier_filters", []):
+        cache = getattr(getattr(flt, "classifier", None), "_cache", None)
+        if cache is not None:
+            cache.clear()
+
+
+def best_of_n_latency(settings: Settings, work: Path, ks: list[int], requests: int, console: Console) -> dict[int, dict]:
+    """Sequential chat requests with best_of_n=k through a real gateway; p50/p99 end-to-end latency."""
+    questions = [json.loads(line)["question"] for line in QA_PATH.read_text().splitlines() if line.strip()]
+    with contextlib.ExitStack() as stack:
+        model_dir = pick_seed_model(settings, console)
+        backend = start_vllm(stack, work / "vllm", model_dir, settings)
+        gateway = start_flywheel(stack, work / "gateway", backend, stages=True)
+        headers = {"Authorization": f"Bearer {gateway.api_key}"}
+        results: dict[int, dict] = {}
+        with httpx.Client(base_url=gateway.url, headers=headers, timeout=120) as http:
+            for i in range(3):  # warm up every path once
+                for k in ks:
+                    _ask(http, questions[i], k)
+            samples: dict[int, list[float]] = {k: [] for k in ks}
+            for i in range(requests):  # interleaved, so load from elsewhere hits every k alike
+                for k in ks:
+                    t0 = time.perf_counter()
+                    _ask(http, questions[i % len(questions)], k)
+                    samples[k].append((time.perf_counter() - t0) * 1000)
+        for k in ks:
+            results[k] = {"p50": statistics.median(samples[k]), "p99": _pct(samples[k], 0.99), "n": requests}
+        return results
+
+
+def _ask(http: httpx.Client, question: str, k: int) -> None:
+    resp = http.post("/v1/chat/completions", json={
+        "model": "flywheel", "messages": [{"role": "user", "content": question}], "max_tokens": 32,
+        "temperature": 0.8, "best_of_n": k})  # fmt: skip
+    resp.raise_for_status()
+    if k > 1 and resp.json()["flywheel"].get("candidates") != k:
+        raise RuntimeError(f"best_of_n={k} did not score {k} candidates: {resp.text[:300]}")
+
+
+def run(
+    ks: str = typer.Option("1,2,4,8", help="best-of-n values"),
+    requests: int = typer.Option(30, help="requests per best-of-n value"),
+    rounds: int = typer.Option(2, help="passes over the QA questions for the stage costs"),
+    chunks: int = typer.Option(10_000, help="index size for the retrieval latency"),
+    out: Path = typer.Option(Path("docs/benchmarks.md"), help="page whose `pipeline` section is rewritten"),
+    write: bool = typer.Option(True, "--write/--no-write"),
+) -> None:
+    """Best-of-n latency (n=1,2,4,8), safety + grounding cost per request, retrieval over 10k chunks."""
+    from flywheel.bench.retrieval import run_retrieval_bench
+
+    console = Console()
+    settings = Settings()
+    work = settings.var_dir / "bench" / "pipeline"
+    costs = stage_costs(settings, rounds)
+    retrieval = run_retrieval_bench(n_chunks=chunks)
+    levels = [int(k) for k in ks.split(",") if k.strip()]
+    bon = best_of_n_latency(settings, work, levels, requests, console)
+
+    table = Table(title="pipeline bench")
+    table.add_column("measure")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("p99 ms", justify="right")
+    for name, v in costs.items():
+        table.add_row(f"stage: {name}", f"{v['p50']:.2f}", f"{v['p99']:.2f}")
+    for k, v in bon.items():
+        table.add_row(f"best-of-{k} end to end", f"{v['p50']:.1f}", f"{v['p99']:.1f}")
+    console.print(table)
+    ratio = bon[4]["p50"] / bon[1]["p50"] if 4 in bon and 1 in bon else None
+    console.print(f"retrieval over {retrieval.get('n_chunks')} chunks: {json.dumps(retrieval)[:400]}")
+    if ratio is not None:
+        console.print(f"best-of-4 / best-of-1 p50: {ratio:.2f}× (target ≤ 1.5×)")
+    console.print(f"safety + grounding p50: {costs['total']['p50']:.2f} ms (target ≤ 10 ms)")
+    if write:
+        write_section(out, "pipeline", _markdown(costs, bon, retrieval, ratio))
+        console.print(f"wrote the pipeline section of {out}")
+
+
+def _markdown(costs: dict, bon: dict, retrieval: dict, ratio: float | None) -> str:
+    from flywheel.bench.report import machine_line
+
+    lines = ["## Request pipeline (`flywheel bench pipeline`)", "", machine_line(), "",
+             "| measure | p50 ms | p99 ms | samples |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
+    for name, v in costs.items():
+        lines.append(f"| stage: {name} | {v['p50']:.2f} | {v['p99']:.2f} | {v['n']} |")
+    for k, v in bon.items():
+        lines.append(f"| best-of-{k}, end to end | {v['p50']:.1f} | {v['p99']:.1f} | {v['n']} |")
+    lines += ["", f"Retrieval over {retrieval.get('n_chunks')} chunks: `{json.dumps(retrieval)}`", ""]
+    if ratio is not None:
+        lines.append(f"- best-of-4 ÷ best-of-1 (p50): **{ratio:.2f}×** (target ≤ 1.5×)")
+    lines.append(f"- safety + grounding per request (p50): **{costs['total']['p50']:.2f} ms** (target ≤ 10 ms)")
+    return "\n".join(lines)
