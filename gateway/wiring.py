@@ -30,6 +30,7 @@ from gateway.interactions import InteractionRecorder
 from gateway.routing.cache import RoutingTableCache
 from gateway.telemetry import Telemetry, configure_json_logging
 from policies.registry import PolicyRegistry
+from policies.reward import load_active_scorer
 from policies.vllm_client import PolicyClient
 from safety.chain import SafetyChain
 
@@ -64,7 +65,8 @@ def build_gateway(settings: Settings) -> FastAPI:
     producer = EventProducer(settings.model_copy(update={"spool_path": spool_path}), client_id="flywheel-gateway")
     recorder = InteractionRecorder(producer, settings.user_hash_salt)
     signer = FeedbackTokenSigner(_feedback_secret(settings), settings.feedback_token_ttl_s)
-    needs_encoder = settings.grounding_enabled or (
+    wants_best_of_n = settings.max_best_of_n > 1
+    needs_encoder = wants_best_of_n or settings.grounding_enabled or (
         settings.safety_enabled and "classifier" in settings.safety_input_filters
     )
     # One encoder shared by every stage that embeds text (retrieval, the safety head).
@@ -73,7 +75,7 @@ def build_gateway(settings: Settings) -> FastAPI:
     pipeline = RequestPipeline(
         SafetyChain.from_settings(settings, encoder=encoder),
         GroundingStage(retriever, settings.grounding_top_k) if retriever else None,
-        None,
+        load_active_scorer(settings, encoder) if wants_best_of_n else None,
         grounding_default=settings.grounding_enabled,
         best_of_n_default=settings.best_of_n_default,
         max_best_of_n=settings.max_best_of_n,

@@ -1,0 +1,84 @@
+"""Best-of-n through the real gateway, real vLLM and the real reward head: one vLLM call with n=k, the
+highest-reward candidate returned, every candidate with its reward in the interaction event on Kafka."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+from kafka import KafkaConsumer
+
+from tests.fixtures.gateway import GatewayHandle
+
+pytestmark = pytest.mark.vllm
+
+QUESTION = [{"role": "user", "content": "How much does the Personal plan cost?"}]
+
+
+def sdk(gw: GatewayHandle) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0)
+
+
+def interaction_event(bootstrap: str, response_id: str, timeout_s: float = 30) -> dict:
+    consumer = KafkaConsumer(
+        "flywheel.interactions", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, consumer_timeout_ms=1000, fetch_max_wait_ms=10,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for record in consumer:
+                event = json.loads(record.value)
+                if event.get("response_id") == response_id:
+                    return event
+        raise AssertionError(f"no interaction event for {response_id}")
+    finally:
+        consumer.close()
+
+
+def test_best_of_n_returns_the_highest_reward_candidate_and_logs_all(gateway: GatewayHandle, broker) -> None:  # type: ignore[no-untyped-def]
+    resp = sdk(gateway).chat.completions.create(
+        model="flywheel", messages=QUESTION, max_tokens=24, temperature=1.0, extra_body={"best_of_n": 4}
+    )
+    extra = resp.model_extra["flywheel"]
+    assert extra["candidates"] == 4 and 0 <= extra["chosen_index"] < 4
+    assert len(resp.choices) == 1
+    event = interaction_event(broker.bootstrap, extra["response_id"])
+    rewards = [c["reward"] for c in event["candidates"]]
+    assert len(rewards) == 4 and all(isinstance(r, float) for r in rewards)
+    assert event["chosen_index"] == max(range(4), key=lambda i: (rewards[i], -i))
+    assert extra["reward"] == pytest.approx(max(rewards))
+    assert event["candidates"][event["chosen_index"]]["text"] == resp.choices[0].message.content
+
+
+def test_best_of_n_streams_the_chosen_answer(gateway: GatewayHandle) -> None:
+    chunks = list(sdk(gateway).chat.completions.create(
+        model="flywheel", messages=QUESTION, max_tokens=24, temperature=1.0, stream=True,
+        extra_body={"best_of_n": 3},
+    ))  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    final = chunks[-1].model_extra["flywheel"]
+    assert final["candidates"] == 3 and final["reward"] is not None
+
+
+def test_best_of_n_off_is_plain_generation(gateway: GatewayHandle) -> None:
+    resp = sdk(gateway).chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=8, temperature=0)
+    assert "candidates" not in resp.model_extra["flywheel"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"best_of_n": 4, "n": 2}, "best_of_n"), ({"best_of_n": 4, "temperature": 0}, "temperature"),
+     ({"best_of_n": 99}, "best_of_n")],
+)  # fmt: skip
+def test_best_of_n_misuse_is_a_400(gateway: GatewayHandle, extra: dict, param: str) -> None:
+    body = {"temperature": 0.8, **extra}
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(gateway).chat.completions.create(
+            model="flywheel", messages=QUESTION, max_tokens=8, n=body.pop("n", 1),
+            temperature=body.pop("temperature"), extra_body=body,
+        )  # fmt: skip
+    assert info.value.body["param"] == param
