@@ -31,7 +31,7 @@ from kafka.errors import KafkaError
 from feedback.events import Event, Interaction
 from feedback.kafka_io import FATAL_ERRORS, connect_producer, replay_batch
 from feedback.spool import Spool, SpoolError
-from feedback.topics import topics_from_settings
+from feedback.topics import BrokerUnavailableError, ensure_topics, topics_from_settings
 from flywheel.settings import Settings
 
 __all__ = ["DeliveryError", "EventProducer", "ProducerStats"]
@@ -77,6 +77,7 @@ class EventProducer:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._connected = threading.Event()
+        self._recheck = False  # set on a failure: topics are re-ensured before the next replay
         self._thread = threading.Thread(target=self._run, name="flywheel-producer", daemon=True)
         self._thread.start()
 
@@ -211,12 +212,14 @@ class EventProducer:
                 self._stats.failed += 1
                 return
             self._direct = False  # keep later events behind this one
+            self._recheck = True
             self._enqueue_locked(record)
 
     def _trip(self) -> None:
         """The broker is slow or failing: send new events to the spool until the replay drains it."""
         with self._lock:
             self._direct = False
+            self._recheck = True
 
     def _enqueue_locked(self, record: Record) -> None:
         if self._queue_bytes + len(record[2]) > self._settings.producer_buffer_bytes:
@@ -260,6 +263,9 @@ class EventProducer:
                     backoff = min(backoff * 2, 2.0)
                     continue
                 backoff = 0.2
+                if self._recheck and not self._topics_exist():
+                    self._wake.wait(0.5)
+                    continue
                 if len(self._spool):
                     if not self._replay_batch():
                         self._wake.wait(0.5)
@@ -278,6 +284,20 @@ class EventProducer:
         if self._queue:
             with contextlib.suppress(DeliveryError):
                 self._spool_now([])
+
+    def _topics_exist(self) -> bool:
+        """After a failure, make sure the topics exist before replaying into them.
+
+        A restarted memory-storage broker (the embedded Tansu) has lost its topics but still acks
+        writes to them, and those records vanish: replaying the spool into that gap lost 400 of 400
+        events in a test. Re-creating the topics first (idempotent) closes the gap.
+        """
+        try:
+            ensure_topics(self._settings.effective_kafka_bootstrap, self._topics, timeout_s=2)
+        except BrokerUnavailableError:
+            return False
+        self._recheck = False
+        return True
 
     def _connect(self) -> bool:
         producer = connect_producer(self._settings, self._client_id, self._topics.inputs)

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from flywheel.checksums import sha256_file, tree_checksums
 from flywheel.db import Base, session_factory
 from policies.registry_models import (
     ACTIVE_STATUSES,
@@ -68,24 +69,13 @@ class NoStableVersion(RegistryError):
 def artifact_sha256(path: Path) -> str:
     """Content hash of a file, or of a directory (sorted relative paths + each file's hash)."""
     if path.is_file():
-        return _file_sha256(path)
+        return sha256_file(path)
     if not path.is_dir():
         raise InvalidArtifact(f"artifact path does not exist: {path}")
     outer = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        outer.update(file.relative_to(path).as_posix().encode())
-        outer.update(b"\0")
-        outer.update(_file_sha256(file).encode())
-        outer.update(b"\n")
+    for rel, digest in tree_checksums(path).items():
+        outer.update(f"{rel}\0{digest}\n".encode())
     return outer.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _state(row: PolicyVersionRow) -> dict[str, Any]:
@@ -208,7 +198,9 @@ class PolicyRegistry:
             self._audit(session, actor, "register", row, None, {"kind": kind, "sha256": sha})
             return self._to_version(session, row)
 
-    def set_weight(self, version_id: str, weight: float, actor: str = "system") -> Version:
+    def set_weight(
+        self, version_id: str, weight: float, actor: str = "system", details: dict[str, Any] | None = None
+    ) -> Version:
         """Give a canary ``weight`` of the traffic; the stable keeps whatever the canaries leave."""
         if not (0.0 <= weight <= 1.0):  # also rejects NaN
             raise WeightError(f"weight must be between 0 and 1, got {weight}")
@@ -224,7 +216,7 @@ class PolicyRegistry:
                 )
             before = _state(row)
             row.weight = float(weight)
-            self._audit(session, actor, "set_weight", row, before)
+            self._audit(session, actor, "set_weight", row, before, details)
             return self._to_version(session, row)
 
     def promote(
@@ -274,6 +266,12 @@ class PolicyRegistry:
             row.status, row.weight = status, 0.0
             self._audit(session, actor, action, row, before, details)
             return self._to_version(session, row)
+
+    def annotate(self, version_id: str, action: str, actor: str = "system", details: dict[str, Any] | None = None) -> None:
+        """Audit a decision that changes no routing state (e.g. a canary paused by an operator)."""
+        with self._change(bump=False) as session:
+            row = self._row(session, version_id)
+            self._audit(session, actor, action, row, _state(row), details)
 
     def update_metrics(self, version_id: str, metrics: dict[str, Any]) -> Version:
         """Merge analysis results into a version's metrics (observations, so not audited)."""

@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.vllm",
     "tests.fixtures.broker",
     "tests.fixtures.gateway",
+    "tests.fixtures.feedback",
 ]

@@ -8,7 +8,6 @@ A directory is reused only while its manifest still matches the config, the data
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -18,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from flywheel.checksums import tree_checksums
 from policies.seed.config import SeedConfig
 from policies.seed.corpus import Corpus, build_corpus
 from policies.seed.product import FactSheet, load_fact_sheet
@@ -32,17 +32,8 @@ class SeedBuildError(RuntimeError):
     """The seed model could not be built or the target directory is not ours to replace."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _checksums(directory: Path) -> dict[str, str]:
-    return {p.relative_to(directory).as_posix(): _sha256(p)
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return tree_checksums(directory, keep=lambda rel: rel.name != MANIFEST)
 
 
 def _config_json(config: SeedConfig) -> dict[str, Any]:
