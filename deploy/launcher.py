@@ -1,7 +1,7 @@
 """``flywheel up``: the whole stack on one machine, started in order and stopped together.
 
-Order: credentials → seed model (built if missing) → broker (unless external) → vLLM (unless external)
-→ gateway → feedback consumer. Each child runs in its own process group (flywheel.procs), so Ctrl-C or
+Order: credentials → seed model (built if missing) → safety head (trained if missing) → broker (unless
+external) → vLLM (unless external) → gateway → feedback consumer → canary controller. Each child runs in its own process group (flywheel.procs), so Ctrl-C or
 SIGTERM stops every one of them and their workers. If a child dies, the launcher says which and stops
 the rest rather than leaving a half-working stack.
 """
@@ -58,6 +58,7 @@ class Stack:
                 "FLYWHEEL_HOST": s.host,
                 "FLYWHEEL_PORT": str(s.port),
                 "FLYWHEEL_SEED_MODEL_PATH": str(s.seed_model_dir.resolve()),
+                "FLYWHEEL_CANARY_GATEWAY_METRICS_URLS": f"http://{s.host}:{s.port}/metrics",
             }
         )
         return env
@@ -84,6 +85,12 @@ class Stack:
         consumer.start()
         self.children.append(consumer)
         self.console.print("[green]✓[/] feedback consumer started")
+        controller = ManagedProcess(
+            "canary controller", [*flywheel, "canary", "watch"], s.logs_dir / "canary.log", env=env
+        )
+        controller.start()
+        self.children.append(controller)
+        self.console.print("[green]✓[/] canary controller started")
         return creds
 
     def _ensure_seed_model(self) -> None:

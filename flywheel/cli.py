@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.commands import bench, consume, export, kb, policy, safety, seed, stack
+from flywheel.commands import bench, canary, consume, export, kb, policy, safety, seed, stack
 
 app = typer.Typer(
     name="flywheel",
@@ -18,6 +18,7 @@ app.command("up")(stack.up)
 app.command("serve")(stack.serve)
 app.command("consume")(consume.consume)
 app.add_typer(policy.app, name="policy")
+app.add_typer(canary.app, name="canary")
 app.add_typer(bench.app, name="bench")
 app.add_typer(kb.app, name="kb")
 app.add_typer(safety.app, name="safety")

@@ -169,6 +169,34 @@ class Settings(BaseSettings):
     def reward_dir(self) -> Path:
         return self.reward_path or self.var_dir / "reward"
 
+    # --- canary -----------------------------------------------------------------------------
+    canary_steps: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.05, 0.2, 0.5, 1.0], description="canary traffic weight of each rollout step"
+    )
+    canary_min_ratings_per_step: int = Field(100, ge=1, description="rated canary answers before a step may pass")
+    canary_max_ratings_per_step: int = Field(
+        1000, ge=1, description="still inconclusive at this many ratings: hold for an operator"
+    )
+    canary_min_seconds_per_step: float = Field(600.0, ge=0, description="minimum time a step lasts")
+    canary_margin: float = Field(0.05, description="thumbs-up rate a canary may lose to stable and still pass")
+    canary_success_probability: float = Field(0.95, description="posterior P(not worse by > margin) to pass")
+    canary_failure_probability: float = Field(0.95, description="posterior P(worse by > margin) to fail")
+    canary_failure_limit: int = Field(0, ge=0, description="failed analyses tolerated; one more rolls back")
+    canary_reward_margin: float = Field(0.1, description="mean reward a canary may lose to stable")
+    canary_error_rate_margin: float = Field(0.01, description="error rate a canary may add over stable")
+    canary_safety_block_margin: float = Field(0.02, description="safety-block rate a canary may add over stable")
+    canary_latency_p99_max_ratio: float = Field(1.5, description="canary p99 latency / stable p99 that fails")
+    canary_min_latency_samples: int = Field(50, ge=1, description="answers per version before p99 is judged")
+    canary_interval_s: float = Field(30.0, gt=0, description="seconds between controller analyses")
+    canary_gateway_metrics_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="gateway /metrics URLs for error rates; unset = error rate not judged"
+    )
+
+    @field_validator("canary_steps", "canary_gateway_metrics_urls", mode="before")
+    @classmethod
+    def _canary_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:

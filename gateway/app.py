@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from flywheel.settings import Settings
+from gateway.admin.canary_router import build_canary_router
+from gateway.admin.canary_service import CanaryService
 from gateway.admin.router import build_admin_router
 from gateway.admin.service import AdminService
 from gateway.auth import KeyRing
@@ -56,6 +58,7 @@ def create_app(
     telemetry: Telemetry,
     registry_ok: Callable[[], bool],
     feedback: FeedbackService | None = None,
+    canary: CanaryService | None = None,
     on_startup: list[Callable[[], Awaitable[object] | object]] | None = None,
     on_shutdown: list[Callable[[], Awaitable[object] | object]] | None = None,
 ) -> FastAPI:
@@ -75,6 +78,8 @@ def create_app(
     app.include_router(build_health_router(registry_ok, backends, telemetry.metrics.registry))
     app.include_router(build_chat_router(chat))
     app.include_router(build_admin_router(admin, settings))
+    if canary is not None:
+        app.include_router(build_canary_router(canary, settings))
     if feedback is not None:
         app.include_router(build_feedback_router(feedback, settings.feedback_max_body_bytes))
     app.include_router(build_web_router())

@@ -12,10 +12,14 @@ import secrets
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from deploy.canary.live import CanaryAnalyzer
+from deploy.canary.metrics import GatewayCounters, StoreMetrics
+from deploy.canary.plan import RolloutPlan
 from feedback.producer import EventProducer
 from feedback.tokens import FeedbackTokenSigner
 from flywheel.db import create_schema, make_engine
 from flywheel.settings import Settings
+from gateway.admin.canary_service import CanaryService
 from gateway.admin.service import AdminService
 from gateway.app import create_app
 from gateway.backends import BackendPool
@@ -99,6 +103,11 @@ def build_gateway(settings: Settings) -> FastAPI:
         on_change=routes.invalidate,
     )
 
+    canary = CanaryService(admin, CanaryAnalyzer(
+        registry, StoreMetrics(engine), GatewayCounters(settings.canary_gateway_metrics_urls),
+        RolloutPlan.from_settings(settings),
+    ))  # fmt: skip
+
     def registry_ok() -> bool:
         try:
             with engine.connect() as conn:
@@ -112,6 +121,7 @@ def build_gateway(settings: Settings) -> FastAPI:
         chat=chat,
         admin=admin,
         feedback=feedback,
+        canary=canary,
         backends=backends,
         telemetry=telemetry,
         registry_ok=registry_ok,

@@ -77,7 +77,8 @@ def test_up_serves_chat_and_stops_cleanly_on_sigterm(
         assert answer.choices[0].message.content
         children = _tree(proc.pid)
         names = " ".join(" ".join(c.cmdline()) for c in children)
-        assert "vllm.entrypoints" in names and "serve" in names and "consume" in names and "tansu" in names
+        for part in ("vllm.entrypoints", "serve", "consume", "tansu", "canary watch"):
+            assert part in names, (part, names)
     finally:
         children = _tree(proc.pid)
         proc.send_signal(signal.SIGTERM)

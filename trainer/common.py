@@ -63,11 +63,11 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def progress() -> Progress:
+def progress(quiet: bool = False) -> Progress:
     """The rich progress bar every command shows (on stderr, so stdout stays parseable)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
+                    console=console, transient=False, disable=quiet)
 
 
 class RichProgressCallback(TrainerCallback):
@@ -80,7 +80,7 @@ class RichProgressCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
         if not self.quiet:
-            self._progress = progress()
+            self._progress = progress(self.quiet)
             self._progress.start()
             self._task = self._progress.add_task(self.description, total=state.max_steps, info="")
             self._progress.update(self._task, completed=state.global_step)

@@ -31,6 +31,8 @@ class WeightRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     weight: float
+    reason: str | None = None
+    details: dict[str, Any] | None = Field(None, description="numbers behind the change, for the audit log")
 
 
 class ActionRequest(BaseModel):
@@ -39,6 +41,7 @@ class ActionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = None
+    details: dict[str, Any] | None = Field(None, description="numbers behind the change, for the audit log")
 
 
 class VersionOut(BaseModel):
@@ -48,6 +51,8 @@ class VersionOut(BaseModel):
     kind: str
     status: str
     weight: float
+    reason: str | None = None
+    details: dict[str, Any] | None = Field(None, description="numbers behind the change, for the audit log")
     served_model_name: str
     endpoint: str | None
     artifact_path: str

@@ -37,25 +37,31 @@ def build_admin_router(service: AdminService, settings: Settings) -> APIRouter:
 
     @router.post("/policies/{version_id}/weight")
     async def set_weight(version_id: str, body: WeightRequest, who: Principal = operator) -> VersionOut:
-        return VersionOut.of(await service.set_weight(version_id, body.weight, who.actor))
+        return VersionOut.of(await service.set_weight(version_id, body.weight, who.actor, body.reason, body.details))
 
     @router.post("/policies/{version_id}/promote")
     async def promote(
         version_id: str, body: ActionRequest | None = None, who: Principal = operator
     ) -> VersionOut:
-        return VersionOut.of(await service.promote(version_id, who.actor, body.reason if body else None))
+        return VersionOut.of(
+            await service.promote(version_id, who.actor, body.reason if body else None, body.details if body else None)
+        )
 
     @router.post("/policies/{version_id}/rollback")
     async def rollback(
         version_id: str, body: ActionRequest | None = None, who: Principal = operator
     ) -> VersionOut:
-        return VersionOut.of(await service.rollback(version_id, who.actor, body.reason if body else None))
+        return VersionOut.of(
+            await service.rollback(version_id, who.actor, body.reason if body else None, body.details if body else None)
+        )
 
     @router.post("/policies/{version_id}/retire")
     async def retire(
         version_id: str, body: ActionRequest | None = None, who: Principal = operator
     ) -> VersionOut:
-        return VersionOut.of(await service.retire(version_id, who.actor, body.reason if body else None))
+        return VersionOut.of(
+            await service.retire(version_id, who.actor, body.reason if body else None, body.details if body else None)
+        )
 
     @router.get("/audit")
     async def audit(limit: int = Query(100, ge=1, le=1000), _: Principal = operator) -> AuditList:

@@ -129,13 +129,18 @@ class AdminService:
             self._changed()
             return version
 
-    async def set_weight(self, version_id: str, weight: float, actor: str) -> Version:
+    async def set_weight(
+        self, version_id: str, weight: float, actor: str, reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Version:
         async with self._lock:
-            version = await self._db(self.registry.set_weight, version_id, weight, actor)
+            version = await self._db(self.registry.set_weight, version_id, weight, actor, _reason(reason, details))
             self._changed()
             return version
 
-    async def promote(self, version_id: str, actor: str, reason: str | None = None) -> Version:
+    async def promote(
+        self, version_id: str, actor: str, reason: str | None = None, details: dict[str, Any] | None = None
+    ) -> Version:
         """Make ``version_id`` the stable (reloading its adapter if it had been unloaded)."""
         async with self._lock:
             target = await self._db(self.registry.get, version_id)
@@ -149,7 +154,7 @@ class AdminService:
                 await self._load(target)
                 loaded_here = True
             try:
-                promoted = await self._db(self.registry.promote, version_id, actor, _reason(reason))
+                promoted = await self._db(self.registry.promote, version_id, actor, _reason(reason, details))
             except APIError:
                 if loaded_here:
                     self._schedule_unload(target.id, target.served_model_name, grace_s=0.0)
@@ -159,18 +164,23 @@ class AdminService:
             self._changed()
             return promoted
 
-    async def rollback(self, version_id: str, actor: str, reason: str | None = None) -> Version:
-        return await self._end(self.registry.rollback, version_id, actor, reason)
+    async def rollback(
+        self, version_id: str, actor: str, reason: str | None = None, details: dict[str, Any] | None = None
+    ) -> Version:
+        return await self._end(self.registry.rollback, version_id, actor, reason, details)
 
-    async def retire(self, version_id: str, actor: str, reason: str | None = None) -> Version:
-        return await self._end(self.registry.retire, version_id, actor, reason)
+    async def retire(
+        self, version_id: str, actor: str, reason: str | None = None, details: dict[str, Any] | None = None
+    ) -> Version:
+        return await self._end(self.registry.retire, version_id, actor, reason, details)
 
     async def _end(
-        self, change: Callable[..., Version], version_id: str, actor: str, reason: str | None
+        self, change: Callable[..., Version], version_id: str, actor: str, reason: str | None,
+        details: dict[str, Any] | None = None,
     ) -> Version:
         async with self._lock:
             before = await self._db(self.registry.get, version_id)
-            version = await self._db(change, version_id, actor, _reason(reason))
+            version = await self._db(change, version_id, actor, _reason(reason, details))
             if version.kind == "lora" and before.active:
                 self._schedule_unload(version.id, version.served_model_name)
             self._changed()
@@ -266,5 +276,7 @@ class AdminService:
             log.warning("could not unload adapter %s of %s: %s", name, version_id, exc)
 
 
-def _reason(reason: str | None) -> dict[str, Any] | None:
-    return {"reason": reason} if reason else None
+def _reason(reason: str | None, details: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Audit details: the operator's reason plus any numbers behind the change."""
+    merged = {**(details or {}), **({"reason": reason} if reason else {})}
+    return merged or None

@@ -58,7 +58,7 @@ def fit_head(
         opt.step()
         done = epoch + 1
         if on_epoch is not None:
-            on_epoch(done, float(loss))
+            on_epoch(done, loss.item())
         if checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.epochs):
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = checkpoint.with_suffix(".tmp")

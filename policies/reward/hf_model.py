@@ -6,6 +6,7 @@ what TRL's ``RewardTrainer`` trains on) and the single logit of the last real to
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ class HFRewardScorer:
 
     def __init__(self, model: torch.nn.Module, tokenizer, version: str = "unsaved", max_length: int = 1024) -> None:  # type: ignore[no-untyped-def]
         self.model, self.tokenizer, self.version, self.max_length = model.eval(), tokenizer, version, max_length
+        self._lock = threading.Lock()  # a fast tokenizer is not safe to share between threads ("Already borrowed")
         if tokenizer.pad_token_id is None:
             raise InvalidRewardModel("the reward model's tokenizer has no pad token")
         if getattr(model.config, "pad_token_id", None) is None:
@@ -53,7 +55,8 @@ class HFRewardScorer:
     def score(self, prompt_messages: list[Message], responses: list[str]) -> list[float]:
         if not responses:
             return []
-        rows = [self.encode(prompt_messages, r) for r in responses]
+        with self._lock:
+            rows = [self.encode(prompt_messages, r) for r in responses]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flywheel.checksums import tree_checksums
 from policies.reward.base import InvalidRewardModel, RewardModelNotFound, RewardScorer
 
 if TYPE_CHECKING:
@@ -31,18 +32,9 @@ KINDS = ("encoder", "hf")
 logger = logging.getLogger("flywheel.reward")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checksums(directory: Path) -> dict[str, str]:
     """sha256 of every file under ``directory`` except the manifest (and resume checkpoints)."""
-    return {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != MANIFEST and "checkpoint" not in p.relative_to(directory).parts[0]}
+    return tree_checksums(directory, lambda rel: rel.name != MANIFEST and rel.parts[0] != "checkpoints")
 
 
 def next_version_id(root: Path) -> str:

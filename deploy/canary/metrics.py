@@ -1,0 +1,162 @@
+"""Per-version metrics over a window (since a canary step started), from the store and the gateways.
+
+From the feedback store (SQL through SQLAlchemy, SQLite or PostgreSQL): ratings (up = rating > 0,
+down = rating < 0; a neutral 0 counts as a rating but neither), mean reward of served answers (the
+chosen candidate's reward, when best-of-n scored it), safety-block rate (interactions with any
+stage whose action was ``block``), p99 latency (``latency_ms``).
+
+Error rate comes from the gateways' Prometheus ``/metrics`` (``canary_gateway_metrics_urls``, summed
+over processes): a version's attempts are ``flywheel_requests_total`` plus
+``flywheel_canary_fallbacks_total`` (a failed canary call is retried on stable and counted there),
+its failures ``flywheel_errors_total``. Counters are cumulative per process, so the controller keeps
+a baseline per step and uses the difference (a counter below its baseline means the process restarted:
+the current value is then the difference). The store records served answers only, never failed calls,
+so without gateway URLs the error rate is ``unavailable`` and not judged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, select
+
+from feedback.store_models import FeedbackRow, InteractionRow
+from flywheel.db import session_factory
+
+Counters = dict[str, list[float]]  # version -> [attempts, errors]
+
+
+@dataclass(frozen=True)
+class VersionMetrics:
+    """One version's numbers over one window (JSON-able for the audit log)."""
+
+    version_id: str
+    since: str
+    ratings: int = 0
+    ups: int = 0
+    downs: int = 0
+    interactions: int = 0
+    reward_n: int = 0
+    reward_mean: float | None = None
+    reward_var: float | None = None
+    blocked: int = 0
+    latency_n: int = 0
+    latency_p99_ms: float | None = None
+    attempts: int | None = None
+    errors: int | None = None
+
+    @property
+    def thumbs_up_rate(self) -> float | None:
+        return self.ups / (self.ups + self.downs) if self.ups + self.downs else None
+
+    @property
+    def safety_block_rate(self) -> float | None:
+        return self.blocked / self.interactions if self.interactions else None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.attempts if self.attempts else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(thumbs_up_rate=self.thumbs_up_rate, safety_block_rate=self.safety_block_rate,
+                   error_rate=self.error_rate)  # fmt: skip
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def p99(values: list[float]) -> float | None:
+    """Nearest-rank 99th percentile (no interpolation: an observed latency)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def _blocked(safety: list[dict[str, Any]] | None) -> bool:
+    return any(isinstance(stage, dict) and stage.get("action") == "block" for stage in safety or [])
+
+
+def _chosen_reward(candidates: list[dict[str, Any]] | None, chosen: int) -> float | None:
+    if not candidates or not 0 <= chosen < len(candidates):
+        return None
+    reward = candidates[chosen].get("reward")
+    return float(reward) if isinstance(reward, int | float) else None
+
+
+class StoreMetrics:
+    """Reads a version's window from the feedback store's ``interactions`` and ``feedback`` tables."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._sessions = session_factory(engine)
+
+    def read(self, version_id: str, since: datetime, counters: tuple[int, int] | None = None) -> VersionMetrics:
+        with self._sessions() as session:
+            ratings = list(session.scalars(
+                select(FeedbackRow.rating).where(FeedbackRow.policy_version == version_id, FeedbackRow.time >= since)
+            ))  # fmt: skip
+            rows = session.execute(
+                select(InteractionRow.candidates, InteractionRow.chosen_index, InteractionRow.safety,
+                       InteractionRow.latency_ms)
+                .where(InteractionRow.policy_version == version_id, InteractionRow.time >= since)
+            ).all()  # fmt: skip
+        rewards = [r for r in (_chosen_reward(c, i) for c, i, _, _ in rows) if r is not None]
+        latencies = [float(ms) for _, _, _, ms in rows if ms is not None]
+        mean = sum(rewards) / len(rewards) if rewards else None
+        var = (sum((r - mean) ** 2 for r in rewards) / (len(rewards) - 1)) if mean is not None and len(rewards) > 1 else None
+        return VersionMetrics(
+            version_id=version_id, since=since.isoformat(), ratings=len(ratings),
+            ups=sum(1 for r in ratings if r > 0), downs=sum(1 for r in ratings if r < 0),
+            interactions=len(rows), reward_n=len(rewards), reward_mean=mean, reward_var=var,
+            blocked=sum(1 for _, _, s, _ in rows if _blocked(s)),
+            latency_n=len(latencies), latency_p99_ms=p99(latencies),
+            attempts=counters[0] if counters else None, errors=counters[1] if counters else None,
+        )
+
+
+class GatewayCounters:
+    """Request and error counters per version, summed over the gateways' ``/metrics`` pages."""
+
+    def __init__(self, urls: list[str], timeout_s: float = 5.0) -> None:
+        self.urls = urls
+        self.timeout_s = timeout_s
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.urls)
+
+    def read(self) -> Counters | None:
+        """Cumulative counters, or None when unconfigured or any gateway is unreachable (a partial
+        sum would look like a counter reset)."""
+        if not self.urls:
+            return None
+        totals: Counters = {}
+        try:
+            for url in self.urls:
+                text = httpx.get(url, timeout=self.timeout_s).raise_for_status().text
+                for family in text_string_to_metric_families(text):
+                    for sample in family.samples:
+                        slot = {"flywheel_requests_total": 0, "flywheel_canary_fallbacks_total": 0,
+                                "flywheel_errors_total": 1}.get(sample.name)  # fmt: skip
+                        version = sample.labels.get("policy_version")
+                        if slot is not None and version:
+                            totals.setdefault(version, [0.0, 0.0])[slot] += sample.value
+        except httpx.HTTPError:
+            return None
+        return totals
+
+
+def since_baseline(current: Counters | None, baseline: Counters, version_id: str) -> tuple[int, int] | None:
+    """Attempts and errors of one version since the baseline (a reset counter restarts from 0)."""
+    if current is None:
+        return None
+    now = current.get(version_id, [0.0, 0.0])
+    base = baseline.get(version_id, [0.0, 0.0])
+    attempts = now[0] - base[0] if now[0] >= base[0] else now[0]
+    errors = now[1] - base[1] if now[1] >= base[1] else now[1]
+    attempts_i = round(max(attempts, errors))
+    return attempts_i, round(min(errors, attempts_i))

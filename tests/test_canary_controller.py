@@ -1,0 +1,245 @@
+"""The canary controller end to end: a real store (SQLite and PostgreSQL), a real operator API over HTTP
+(admin + canary routers under uvicorn), crafted interactions and ratings, and ticks on a test clock.
+
+Versions are ``kind: full`` with an endpoint, so no adapter is loaded (no vLLM needed); the service
+runs without a LoRA loader exactly as in tests/test_admin_api.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from typer.testing import CliRunner
+
+from deploy.canary.admin_client import AdminClient
+from deploy.canary.controller import CanaryController
+from deploy.canary.live import CanaryAnalyzer
+from deploy.canary.metrics import GatewayCounters, StoreMetrics
+from deploy.canary.plan import MetricCondition, RolloutPlan
+from feedback.events import Candidate, Feedback, Interaction
+from feedback.store import FeedbackStore
+from flywheel.commands.canary import app as canary_cli
+from flywheel.db import create_schema, make_engine
+from flywheel.settings import Settings
+from gateway.admin.canary_router import build_canary_router
+from gateway.admin.canary_service import CanaryService
+from gateway.admin.router import build_admin_router
+from gateway.admin.service import AdminService
+from gateway.errors import install_error_handlers
+from policies.registry import PolicyRegistry
+from policies.registry_models import utcnow
+from tests.test_admin_api import free_port
+
+ADMIN_KEY = "canary-admin-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+PLAN = RolloutPlan(
+    steps=(0.1, 0.5, 1.0), min_ratings_per_step=40, max_ratings_per_step=400, min_seconds_per_step=60,
+    conditions=(
+        MetricCondition("thumbs_up_rate", margin=0.05, min_samples=40, required=True),
+        MetricCondition("mean_reward", margin=0.1, min_samples=40),
+        MetricCondition("safety_block_rate", margin=0.02, min_samples=40),
+        MetricCondition("latency_p99_ms", max_ratio=1.5, min_samples=40),
+        MetricCondition("error_rate", margin=0.01, min_samples=40),
+    ),
+)
+
+
+@dataclass
+class Clock:
+    now: datetime = field(default_factory=utcnow)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@dataclass
+class Rig:
+    url: str
+    registry: PolicyRegistry
+    store: FeedbackStore
+    controller: CanaryController
+    clock: Clock
+    tmp: Path
+    http: httpx.Client
+    last: str = ""
+
+    def register(self, name: str) -> str:
+        path = self.tmp / name
+        path.mkdir()
+        (path / "config.json").write_text("{}")
+        resp = self.http.post("/admin/policies", json={"kind": "full", "path": str(path), "parent": "seed",
+                                                       "endpoint": "http://127.0.0.1:9"})  # fmt: skip
+        assert resp.status_code == 201, resp.text
+        return resp.json()["id"]
+
+    def serve(self, version: str, n: int, up_rate: float, *, reward: float = 0.5, blocked: int = 0,
+              latency_ms: float = 100.0) -> None:  # fmt: skip
+        """n answers of ``version`` just after the clock's now, each rated (the first up_rate*n up)."""
+        at = self.clock.now + timedelta(seconds=1)
+        ups = round(n * up_rate)
+        events: list[Interaction | Feedback] = []
+        for i in range(n):
+            rid = f"{version}-{at.timestamp()}-{i}"
+            safety = [{"stage": "output", "action": "block" if i < blocked else "allow", "verdicts": []}]
+            events.append(Interaction(response_id=rid, time=at, policy_version=version, safety=safety,
+                                      candidates=[Candidate(text="a", reward=reward)], latency_ms=latency_ms))  # fmt: skip
+            events.append(Feedback.from_raw(rid, "up" if i < ups else "down", time=at, policy_version=version))
+        self.store.apply_batch(events)
+
+    def version(self, vid: str) -> dict:
+        return next(v for v in self.http.get("/admin/policies").json()["data"] if v["id"] == vid)
+
+    def tick(self, vid: str) -> str:
+        [result] = [r for r in self.controller.tick() if r.version_id == vid]
+        assert result.error is None, result.error
+        self.last = result.reason
+        return result.action
+
+
+@pytest.fixture
+def rig(tmp_path: Path, database_url: str) -> Iterator[Rig]:
+    settings = Settings(admin_keys=[ADMIN_KEY], var_dir=tmp_path / "var")
+    engine = make_engine(database_url)
+    create_schema(engine)
+    registry = PolicyRegistry(engine)
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "config.json").write_text("{}")
+    registry.ensure_seed(seed, "seed")
+    clock = Clock()
+    analyzer = CanaryAnalyzer(registry, StoreMetrics(engine), GatewayCounters([]), PLAN, clock=clock)
+    admin = AdminService(registry, None, max_loaded_adapters=3)
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(build_admin_router(admin, settings))
+    app.include_router(build_canary_router(CanaryService(admin, analyzer), settings))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    client = AdminClient(url, ADMIN_KEY)
+    try:
+        with httpx.Client(base_url=url, headers=ADMIN, timeout=30) as http:
+            yield Rig(url, registry, FeedbackStore(engine), CanaryController(analyzer, client), clock, tmp_path, http)
+    finally:
+        client.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.dispose()
+
+
+def test_better_canary_steps_through_the_plan_and_is_promoted(rig: Rig) -> None:
+    vid = rig.register("better")
+    assert rig.tick(vid) == "start" and rig.version(vid)["weight"] == pytest.approx(0.1)
+    rig.serve("seed", 200, 0.6)
+    rig.serve(vid, 60, 0.9, reward=0.8)
+    rig.clock.advance(10)
+    assert rig.tick(vid) == "hold"  # enough ratings, but the step has not lasted its minimum time
+    assert rig.version(vid)["weight"] == pytest.approx(0.1)
+    rig.clock.advance(60)
+    assert rig.tick(vid) == "promote_step", rig.last
+    assert rig.version(vid)["weight"] == pytest.approx(0.5)
+
+    step = next(a for a in rig.registry.audit(version_id=vid) if a.action == "set_weight")
+    assert step.actor.startswith("op:") and step.details is not None and step.details["canary_action"] == "step"
+    thumbs = step.details["metrics"]["thumbs_up_rate"]
+    assert thumbs["outcome"] == "success" and thumbs["p_not_worse"] >= 0.95
+    assert (thumbs["n_canary"], thumbs["canary"], thumbs["stable"]) == (60, 0.9, 0.6)
+    assert step.details["metrics"]["error_rate"]["outcome"] == "skipped"
+
+    rig.clock.advance(1)
+    assert rig.tick(vid) == "hold"  # a fresh window: the previous step's ratings no longer count
+    rig.serve("seed", 100, 0.6)
+    rig.serve(vid, 50, 0.9, reward=0.8)
+    rig.clock.advance(70)
+    assert rig.tick(vid) == "promote_step" and rig.version(vid)["weight"] == pytest.approx(1.0)
+    rig.serve(vid, 50, 0.9, reward=0.8)  # at 100 % the stable serves nothing: its window widens
+    rig.clock.advance(70)
+    assert rig.tick(vid) == "promote"
+    assert rig.version(vid)["status"] == "stable" and rig.version("seed")["status"] == "retired"
+    promote = next(a for a in rig.registry.audit(version_id=vid) if a.action == "promote")
+    assert promote.details is not None and promote.details["canary_action"] == "promote"
+    assert promote.details["metrics"]["thumbs_up_rate"]["n_stable"] == 300
+    assert promote.details["reason"].startswith("canary: last step")
+
+
+def test_worse_canary_is_rolled_back_with_its_numbers(rig: Rig) -> None:
+    vid = rig.register("worse")
+    rig.tick(vid)
+    rig.serve("seed", 200, 0.6)
+    rig.serve(vid, 60, 0.2)
+    assert rig.tick(vid) == "rollback"  # failure needs no minimum step time
+    assert rig.version(vid)["status"] == "rolled_back" and rig.version(vid)["weight"] == 0.0
+    rollback = next(a for a in rig.registry.audit(version_id=vid) if a.action == "rollback")
+    assert rollback.details is not None and rollback.details["decision"] == "rollback"
+    thumbs = rollback.details["metrics"]["thumbs_up_rate"]
+    assert thumbs["outcome"] == "failure" and thumbs["p_not_worse"] < 0.05 and thumbs["canary"] == 0.2
+
+
+def test_safety_blocks_and_latency_fail_a_well_rated_canary(rig: Rig) -> None:
+    vid = rig.register("unsafe")
+    rig.tick(vid)
+    rig.serve("seed", 200, 0.6)
+    rig.serve(vid, 60, 0.9, blocked=20, latency_ms=400.0)
+    assert rig.tick(vid) == "rollback"
+    details = next(a for a in rig.registry.audit(version_id=vid) if a.action == "rollback").details or {}
+    assert details["metrics"]["safety_block_rate"]["outcome"] == "failure"
+    assert details["metrics"]["latency_p99_ms"]["outcome"] == "failure"
+    assert details["canary"]["latency_p99_ms"] == 400.0 and details["stable"]["latency_p99_ms"] == 100.0
+
+
+def test_pause_holds_resume_continues_and_status_shows_it(rig: Rig) -> None:
+    vid = rig.register("paused")
+    rig.tick(vid)
+    assert rig.http.post(f"/admin/canary/{vid}/pause", json={"reason": "investigating"}).json()["paused"] is True
+    rig.serve("seed", 200, 0.6)
+    rig.serve(vid, 60, 0.2)  # would roll back if not paused
+    rig.clock.advance(120)
+    assert rig.tick(vid) == "hold" and rig.version(vid)["status"] == "canary"
+    [report] = rig.http.get("/admin/canary").json()["data"]
+    assert report["paused"] and report["decision"] == "hold" and report["why"] == "paused by an operator"
+    assert report["metrics"]["thumbs_up_rate"]["outcome"] == "failure"
+    out = CliRunner().invoke(canary_cli, ["status", "--url", rig.url, "--key", ADMIN_KEY])
+    assert out.exit_code == 0 and vid in out.output and "PAUSED" in out.output, out.output
+    pause = next(a for a in rig.registry.audit(version_id=vid) if a.action == "canary_pause")
+    assert pause.details is not None and pause.details["reason"] == "investigating"
+    assert pause.actor.startswith("op:")
+    assert rig.http.post(f"/admin/canary/{vid}/resume").json()["paused"] is False
+    assert rig.tick(vid) == "rollback"
+
+
+def test_force_promote_and_abort_from_the_api_and_cli(rig: Rig) -> None:
+    first, second = rig.register("first"), rig.register("second")
+    rig.controller.tick()
+    aborted = CliRunner().invoke(canary_cli, ["abort", first, "--url", rig.url, "--key", ADMIN_KEY,
+                                              "--reason", "bad vibes"])  # fmt: skip
+    assert aborted.exit_code == 0, aborted.output
+    assert rig.version(first)["status"] == "rolled_back"
+    abort = next(a for a in rig.registry.audit(version_id=first) if a.action == "rollback")
+    assert abort.details is not None and abort.details["canary_action"] == "abort" and abort.details["reason"] == "bad vibes"
+    assert rig.http.post(f"/admin/canary/{first}/promote").status_code == 409  # no longer a canary
+    forced = rig.http.post(f"/admin/canary/{second}/promote")
+    assert forced.status_code == 200 and forced.json()["status"] == "stable"
+    promote = next(a for a in rig.registry.audit(version_id=second) if a.action == "promote")
+    assert promote.details is not None and promote.details["canary_action"] == "force_promote"
+    assert "thumbs_up_rate" in promote.details["metrics"]
+    assert rig.http.post("/admin/canary/nope/pause").status_code == 404
+    assert httpx.get(f"{rig.url}/admin/canary").status_code == 401
