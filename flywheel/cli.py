@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.commands import bench, canary, consume, export, kb, policy, safety, seed, stack
+from flywheel.commands import bench, canary, consume, export, kb, policy, safety, seed, stack, train
 
 app = typer.Typer(
     name="flywheel",
@@ -22,6 +22,7 @@ app.add_typer(canary.app, name="canary")
 app.add_typer(bench.app, name="bench")
 app.add_typer(kb.app, name="kb")
 app.add_typer(safety.app, name="safety")
+app.add_typer(train.app, name="train")
 app.command("export")(export.export)
 
 if __name__ == "__main__":

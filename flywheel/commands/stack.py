@@ -17,7 +17,7 @@ def up(
     port: int = typer.Option(None, help="gateway port (default FLYWHEEL_PORT or 8000)"),
     host: str = typer.Option(None, help="gateway host (default FLYWHEEL_HOST or 127.0.0.1)"),
 ) -> None:
-    """Start broker, vLLM, gateway and consumer; print URLs and keys; Ctrl-C stops them all."""
+    """Start broker, vLLM, gateway, consumer and canary controller; print URLs and keys; Ctrl-C stops all."""
     from deploy.launcher import StackError, run_stack
     from flywheel.procs import PortInUseError, ProcessStartError
 
