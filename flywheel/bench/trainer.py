@@ -110,7 +110,7 @@ def run(
     dpo = train_dpo(DPOConfig(data=data, epochs=1.0, batch_size=8, max_length=256, quiet=True), settings, gates,
                     scorer=scorer)
     wall = time.perf_counter() - t0
-    train_s = dpo.manifest["metrics"].get("train_runtime_s") or wall
+    train_s = dpo.manifest["metrics"].get("train_wall_s") or wall
     held = dpo.manifest["metrics"]["heldout"]
     results.append(("DPO (TRL, LoRA r8, sigmoid+sft)", f"{pairs} pairs, 1 epoch, batch 8", wall, train_s,
                     tokens / train_s, f"held-out implicit acc {held['implicit_reward_accuracy']:.3f}, chosen up "
