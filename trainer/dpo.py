@@ -11,6 +11,7 @@ by the gates (trainer.gates) before the version may ship.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ class DPOConfig:
     target_modules: list[str] = knob(list(LORA_TARGETS), "modules that get LoRA (Llama names vLLM supports)")
     source_weights: dict[str, float] = knob({"rlaif": 0.5}, "per-source weight: reward-model-labelled pairs count less")
     heldout_fraction: float = knob(0.1, "share held out when there is no held-out file")
+    precompute_ref: bool = knob(True, "reference log-probs in one no-grad pass up front (~25% faster on CPU)")
     save_steps: int = knob(25, "checkpoint every N steps (resume point)")
     seed: int = knob(0, "random seed (init, data order)")
     threads: int = knob(1, "torch threads")
@@ -88,12 +90,14 @@ def train_dpo(config: DPOConfig, settings: Settings, gates: GateConfig | None = 
         max_length=config.max_length, bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
         report_to=[], logging_steps=5, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         seed=config.seed, data_seed=config.seed, disable_tqdm=True, dataloader_num_workers=0,
+        precompute_ref_log_probs=config.precompute_ref, precompute_ref_batch_size=64,
     )
     peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                              target_modules=list(config.target_modules), task_type="CAUSAL_LM")
     bars: list[Any] = [RichProgressCallback(f"DPO {out.name}", config.quiet)]
     if config.stop_after is not None:
         bars.append(StopAfterSteps(config.stop_after))
+    began = time.perf_counter()
     trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
                          train_dataset=Dataset.from_list([p.to_dpo() for p in train]), callbacks=bars + (callbacks or []))
     trainer.remove_callback(PrinterCallback)
@@ -104,11 +108,12 @@ def train_dpo(config: DPOConfig, settings: Settings, gates: GateConfig | None = 
     if trainer.state.global_step < trainer.state.max_steps:
         console.print(f"stopped at step {trainer.state.global_step}/{trainer.state.max_steps}; re-run to resume")
         return PolicyRun(out, False)
+    train_wall_s = time.perf_counter() - began  # includes the reference pass, unlike TRL's train_runtime
     policy = trainer.model.eval()
     metrics: dict[str, Any] = {
         "steps": trainer.state.global_step, "train_pairs": len(split.train), "resampled_pairs": len(train),
         "sources": split.sources(), "heldout": preference_metrics(policy, tokenizer, split.heldout, config.beta),
-        "train_runtime_s": trainer.state.log_history[-1].get("train_runtime") if trainer.state.log_history else None,
+        "train_wall_s": train_wall_s,
     }
     return finish_run(
         out=out, algorithm="dpo", model=policy, tokenizer=tokenizer, config=config, settings=settings,
