@@ -208,11 +208,6 @@ async def test_closing_a_stream_early_aborts_it_in_vllm(policy_client: PolicyCli
             seen += 1
             if seen == 3:
                 break
-        for _ in range(30):  # vLLM's gauges trail the engine by a step or two under load
-            running_mid = (await metrics())[0]
-            if running_mid == 1:
-                break
-            await asyncio.sleep(0.1)
         await stream.aclose()
         for _ in range(50):
             if (await metrics())[0] == 0:
@@ -221,7 +216,10 @@ async def test_closing_a_stream_early_aborts_it_in_vllm(policy_client: PolicyCli
         running, tokens1 = await metrics()
         await asyncio.sleep(1.0)
         tokens2 = (await metrics())[1]
-    assert running_mid == 1, "the request should still be generating while we hold the stream"
+    # The proof is in the token counter: fewer than max_tokens were generated in all, and none after
+    # the close. (The running-requests gauge was also sampled mid-stream here once, but it trails the
+    # engine and read 0 in loaded full-suite runs while the request was provably still generating.)
+    assert seen == 3, "the stream ended before we closed it"
     assert running == 0
     assert tokens2 == tokens1, "vLLM kept generating after the stream was closed"
     assert tokens1 - tokens0 < max_tokens
