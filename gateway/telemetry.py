@@ -93,7 +93,3 @@ class Telemetry:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
-
-
-def trace_id_hex(span: trace.Span) -> str:
-    return format(span.get_span_context().trace_id, "032x")

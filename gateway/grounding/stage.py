@@ -41,10 +41,6 @@ class Grounding:
     messages: list[dict[str, Any]]
     citations: list[Citation]
 
-    @property
-    def doc_ids(self) -> list[str]:
-        return list(dict.fromkeys(c.doc_id for c in self.citations))
-
 
 def _words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
