@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     vllm_port: int = 8100
     vllm_startup_timeout_s: float = 300.0
     vllm_max_loras: int = Field(16, description="LoRA slots; adapters loaded over the server lifetime must stay below it (CPU LoRA bug)")
-    vllm_max_lora_rank: int = 16
+    vllm_max_lora_rank: int = 64
     vllm_max_model_len: int = 1024
     vllm_kv_cache_gb: int = 1
     seed_model_name: str = Field("seed", description="served model name of the seed policy in vLLM")

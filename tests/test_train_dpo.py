@@ -25,7 +25,7 @@ SMALL_GATES = GateConfig(n_prompts=6, samples_per_prompt=2)
 
 def _config(data: Path, **kw) -> DPOConfig:  # type: ignore[no-untyped-def]
     """A few hundred pair-passes: 4 epochs over ~200 pairs, LoRA lr 5e-4, SFT term weight 2."""
-    return DPOConfig(data=data, epochs=4, learning_rate=5e-4, loss_weights=[1.0, 2.0], quiet=True, **kw)
+    return DPOConfig(**{"data": data, "epochs": 4, "learning_rate": 5e-4, "loss_weights": [1.0, 2.0], "quiet": True, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +111,40 @@ def test_merge_writes_a_full_checkpoint_that_needs_its_own_endpoint(env) -> None
         register_canary(run.path, 0.1, "http://127.0.0.1:9", "key")
 
 
+def test_a_lora_version_is_a_parent_and_its_child_is_one_servable_adapter(env) -> None:  # type: ignore[no-untyped-def]
+    """Round two of the loop: DPO on top of a LoRA version. The child's adapter folds the parent's in
+    (rank 8 + 8), on the seed base vLLM serves, and equals parent-merged + the child's own step."""
+    import json
+
+    from peft import PeftModel
+
+    from trainer.policy_ops import load_policy
+
+    settings, data, scorer, _ = env
+    first = train_dpo(_config(data, epochs=1, run_name="round-1"), settings, SMALL_GATES, scorer=scorer)
+    second = train_dpo(_config(data, epochs=1, run_name="round-2", policy=first.path, parent="v-round-1"),
+                       settings, GateConfig(n_prompts=6, samples_per_prompt=2, min_reward_win_rate=0.0), scorer=scorer)
+    assert second.finished and second.manifest["kind"] == "lora"
+    assert second.manifest["parent"] == {"id": "v-round-1", "path": str(first.path.resolve())}
+    folded = json.loads((second.path / "adapter" / "adapter_config.json").read_text())
+    assert folded["r"] == 16 and Path(folded["base_model_name_or_path"]).resolve() == settings.seed_model_dir.resolve()
+    child, tokenizer = load_policy(second.path)
+    parent, _ = load_policy(first.path)
+    ids = tokenizer("How often does Kestrel back up my files? Happy to help!", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        before = parent(ids).logits
+        stepped = PeftModel.from_pretrained(parent, second.path / "delta").eval()  # wraps parent in place
+        assert torch.allclose(stepped(ids).logits, child(ids).logits, atol=1e-4)
+        assert (before - child(ids).logits).abs().max() > 1e-3  # the child's own step is in it
+    # The rank budget counts the parent's rank: 16 + 49 > vLLM's 64.
+    with pytest.raises(TrainError, match="rank-16 LoRA parent"):
+        train_dpo(DPOConfig(data=data, policy=second.path, lora_r=49, quiet=True), settings, scorer=scorer)
+
+
 def test_refuses_unservable_or_unusable_input(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings, data, scorer, _ = env
     with pytest.raises(TrainError, match="max-lora-rank"):
-        train_dpo(DPOConfig(data=data, lora_r=64, quiet=True), settings, scorer=scorer)
+        train_dpo(DPOConfig(data=data, lora_r=128, quiet=True), settings, scorer=scorer)
     with pytest.raises(TrainError, match="cannot serve LoRA"):
         train_dpo(DPOConfig(data=data, target_modules=["lm_head"], quiet=True), settings, scorer=scorer)
     with pytest.raises(DataError, match="longer than the context"):

@@ -52,11 +52,21 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     return manifest if manifest.get("format") == FORMAT else None
 
 
-def save_policy(model, tokenizer, directory: Path, merge: bool) -> tuple[str, Path]:  # type: ignore[no-untyped-def]
-    """Write the adapter (kind ``lora``) or the merged checkpoint (kind ``full``); returns (kind, path)."""
+def save_policy(model, tokenizer, directory: Path, merge: bool,  # type: ignore[no-untyped-def]
+                stacked_on: Path | None = None) -> tuple[str, Path]:
+    """Write the adapter (kind ``lora``) or the merged checkpoint (kind ``full``); returns (kind, path).
+
+    ``stacked_on``: the parent's adapter when the parent was itself a LoRA version (trained on as base +
+    parent adapter merged). The child's adapter is then folded with the parent's into one adapter on
+    the original base, so the shared vLLM, which serves only that base, can load it.
+    """
     tokenizer.save_pretrained(directory / "tokenizer")
     if not merge:
-        model.save_pretrained(directory / "adapter")
+        if stacked_on is None:
+            model.save_pretrained(directory / "adapter")
+        else:
+            model.save_pretrained(directory / "delta")  # kept: the child's own step from its parent
+            fold_adapters(stacked_on, directory / "delta", directory / "adapter")
         return "lora", directory / "adapter"
     import copy
 
@@ -64,6 +74,29 @@ def save_policy(model, tokenizer, directory: Path, merge: bool) -> tuple[str, Pa
     merged.save_pretrained(directory / "model")
     tokenizer.save_pretrained(directory / "model")
     return "full", directory / "model"
+
+
+def fold_adapters(parent: Path, delta: Path, out: Path) -> None:
+    """One LoRA adapter equal to ``parent`` followed by ``delta`` (both on the parent's base).
+
+    PEFT's ``add_weighted_adapter(combination_type="cat")`` stacks the low-rank factors, so the
+    result is exact, with rank = the sum of both ranks (``trainer.finish.check_lora`` keeps it within
+    vLLM's ``--max-lora-rank``). The delta was trained on base + parent merged; since LoRA is additive,
+    base + parent + delta is the same function.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trainer.policy_ops import adapter_base
+
+    base = AutoModelForCausalLM.from_pretrained(adapter_base(parent), local_files_only=True)
+    model = PeftModel.from_pretrained(base, parent, adapter_name="parent")
+    model.load_adapter(str(delta), adapter_name="delta")
+    model.add_weighted_adapter(["parent", "delta"], [1.0, 1.0], "folded", combination_type="cat")
+    model.save_pretrained(out.parent / "folding", selected_adapters=["folded"])
+    shutil.rmtree(out, ignore_errors=True)
+    (out.parent / "folding" / "folded").rename(out)
+    shutil.rmtree(out.parent / "folding")
 
 
 def write_manifest(directory: Path, **fields: Any) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class DPOConfig:
 
     data: Path = knob(Path("prefs.jsonl"), "preference pairs (feedback export 'dpo' format)")
     heldout: Path | None = knob(None, "held-out pairs; unset = <data>.heldout.jsonl if present, else a hash split")
-    policy: Path | None = knob(None, "full checkpoint to start from (the stable); unset = the seed policy")
+    policy: Path | None = knob(None, "policy to start from (the stable): a checkpoint or a version dir, LoRA included; unset = the seed")
     parent: str = knob("seed", "registry id of that policy (the new version's parent)")
     reward_model: Path | None = knob(None, "reward model for the gates; unset = the ACTIVE one")
     beta: float = knob(0.1, "DPO temperature: how far from the reference the policy may move")
@@ -69,9 +69,9 @@ def train_dpo(config: DPOConfig, settings: Settings, gates: GateConfig | None = 
     from trl import DPOTrainer
 
     gates = gates or GateConfig()
-    check_lora(config.lora_r, config.target_modules, settings)
     seed_everything(config.seed, config.threads)
     policy_dir = config.policy or settings.seed_model_dir
+    check_lora(config.lora_r, config.target_modules, settings, None if config.merge else policy_dir)
     split = load_split(config.data, config.heldout, config.heldout_fraction, config.seed)
     model, tokenizer = load_policy(policy_dir)
     check_lengths(split.train + split.heldout, tokenizer, min(config.max_length, context_length(policy_dir)), "preference data")

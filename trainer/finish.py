@@ -15,6 +15,7 @@ from trainer.artifacts import save_policy, write_manifest
 from trainer.common import TrainError, config_dict, console
 from trainer.data import Message, Pair
 from trainer.gates import GateConfig, GateReport, evaluate_gates
+from trainer.policy_ops import adapter_rank, lora_adapter
 
 if TYPE_CHECKING:
     from flywheel.settings import Settings
@@ -41,10 +42,15 @@ class PolicyRun:
         return [f"gate {r['name']} failed: {r['detail']}" for r in results if not (r["passed"] or r["skipped"])]
 
 
-def check_lora(rank: int, targets: list[str], settings: Settings) -> None:
-    """Only adapters the shared vLLM can load: rank <= its max LoRA rank, Llama target modules."""
-    if rank > settings.vllm_max_lora_rank:
-        raise TrainError(f"LoRA rank {rank} > vLLM's --max-lora-rank {settings.vllm_max_lora_rank}; the adapter could not be served")
+def check_lora(rank: int, targets: list[str], settings: Settings, policy: Path | None = None) -> None:
+    """Only adapters the shared vLLM can load: rank <= its max LoRA rank (counting the rank of a LoRA
+    parent, which the child's adapter absorbs), Llama target modules."""
+    parent = lora_adapter(policy) if policy is not None else None
+    total = rank + (adapter_rank(parent) if parent is not None else 0)
+    if total > settings.vllm_max_lora_rank:
+        on_parent = f" (rank {rank} on a rank-{total - rank} LoRA parent)" if parent is not None else ""
+        raise TrainError(f"LoRA rank {total}{on_parent} > vLLM's --max-lora-rank {settings.vllm_max_lora_rank}; "
+                         "the adapter could not be served (lower --lora-r, raise FLYWHEEL_VLLM_MAX_LORA_RANK or --merge)")
     unknown = set(targets) - SUPPORTED_LORA_TARGETS
     if unknown:
         raise TrainError(f"vLLM cannot serve LoRA on {sorted(unknown)}; use {sorted(SUPPORTED_LORA_TARGETS)}")
@@ -75,7 +81,7 @@ def finish_run(*, out: Path, algorithm: str, model, tokenizer, config: Any, sett
     console.print(f"gates: sampling {min(len(prompts), gate_config.n_prompts)} held-out prompts x "
                   f"{gate_config.samples_per_prompt} for new and parent")
     report = evaluate_gates(model, tokenizer, prompts, scorer, heldout, gate_config, settings, beta)
-    kind, artifact = save_policy(model, tokenizer, out, merge)
+    kind, artifact = save_policy(model, tokenizer, out, merge, stacked_on=lora_adapter(parent["path"]))
     (out / "metrics.json").write_text(json.dumps({**metrics, "gates": report.metrics}, indent=2, default=str))
     manifest = write_manifest(
         out, algorithm=algorithm, kind=kind, artifact=artifact.relative_to(out).as_posix(), parent=parent,

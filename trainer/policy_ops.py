@@ -3,6 +3,10 @@
 Shared by DPO (held-out likelihood vs the parent), PPO (rollouts, per-token log-probs) and the gates
 (win rate, KL, safety, on-topic). A LoRA policy's parent is the same model with the adapter disabled,
 so "parent" numbers come from ``with model.disable_adapter():`` — no second copy in memory.
+
+A LoRA version can be a parent too: it is loaded as its base with the adapter merged in (exactly the
+parent policy), a new adapter trains on top, and ``trainer.artifacts`` folds the two adapters into one
+adapter on the original base, so the shared vLLM can still serve the child.
 """
 
 from __future__ import annotations
@@ -23,28 +27,52 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def load_policy(path: Path):  # type: ignore[no-untyped-def]
-    """A full causal-LM checkpoint (the seed, or a merged version) and its tokenizer, fp32, eval mode.
+    """A policy as one causal LM and its tokenizer, fp32, eval mode.
 
-    A LoRA version cannot be a parent yet: its adapter is relative to *its* base, so a new adapter on
-    top would not load into the shared vLLM; merge it (``--merge``) or train on the stable base.
+    ``path`` is a full checkpoint (the seed, a merged version) or a LoRA version (``<version>`` or its
+    ``adapter/``): then its base is loaded and the adapter merged in, so the model *is* the parent.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = policy_dir(path)
-    if (path / "adapter_config.json").is_file() or (path / "adapter" / "adapter_config.json").is_file():
-        raise TrainError(f"{path} is a LoRA adapter; train on a full checkpoint (the seed or a --merge version)")
-    if not (path / "config.json").is_file():
+    adapter = lora_adapter(path)
+    base = policy_dir(path)
+    if not (base / "config.json").is_file():
         raise TrainError(f"{path}: no model checkpoint (config.json missing)")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     check_tokenizer(tokenizer, model.config)
     model.config.use_cache = True
     return model.eval(), tokenizer
 
 
-def policy_dir(path: Path) -> Path:
-    """A model directory, or a merged version directory (``<version>/model``)."""
+def lora_adapter(path: Path) -> Path | None:
+    """The adapter directory when ``path`` is a LoRA version (the version or its ``adapter/``), else None."""
     path = Path(path)
+    return next((d for d in (path, path / "adapter") if (d / "adapter_config.json").is_file()), None)
+
+
+def adapter_rank(adapter: Path) -> int:
+    return int(json.loads((adapter / "adapter_config.json").read_text())["r"])
+
+
+def adapter_base(adapter: Path) -> Path:
+    """The full checkpoint an adapter was trained on (PEFT records it in ``adapter_config.json``)."""
+    base = Path(json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path") or "")
+    if not (base / "config.json").is_file():
+        raise TrainError(f"{adapter}: its base model {str(base)!r} is not on this machine")
+    return base
+
+
+def policy_dir(path: Path) -> Path:
+    """The full checkpoint behind a policy: itself, ``<version>/model`` (merged), or a LoRA version's base."""
+    path = Path(path)
+    adapter = lora_adapter(path)
+    if adapter is not None:
+        return adapter_base(adapter)
     return path / "model" if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file() else path
 
 

@@ -40,7 +40,7 @@ class PPOConfig:
 
     prompts: Path = knob(Path("prompts.jsonl"), "JSONL of {'prompt': [messages]} (preference rows work too)")
     heldout_fraction: float = knob(0.15, "share of prompts kept for the gates")
-    policy: Path | None = knob(None, "full checkpoint to start from (the stable); unset = the seed policy")
+    policy: Path | None = knob(None, "policy to start from (the stable): a checkpoint or a version dir, LoRA included; unset = the seed")
     parent: str = knob("seed", "registry id of that policy (the new version's parent)")
     reward_model: Path | None = knob(None, "reward model to optimise; unset = the ACTIVE one")
     iterations: int = knob(20, "rollout + update rounds")
@@ -111,9 +111,9 @@ def train_ppo(config: PPOConfig, settings: Settings, gates: GateConfig | None = 
     from peft import LoraConfig, get_peft_model
 
     gates = gates or GateConfig()
-    check_lora(config.lora_r, config.target_modules, settings)
     seed_everything(config.seed, config.threads)
     policy_dir = config.policy or settings.seed_model_dir
+    check_lora(config.lora_r, config.target_modules, settings, None if config.merge else policy_dir)
     prompts = read_prompts(config.prompts)
     base, tokenizer = load_policy(policy_dir)
     longest = max(len(prompt_ids(tokenizer, p)) for p in prompts)

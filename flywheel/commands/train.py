@@ -137,7 +137,7 @@ def reward(
 def dpo(
     data: Annotated[Path, typer.Option("--data", help="preference pairs JSONL (feedback export, dpo format)")],
     heldout: Annotated[Path | None, typer.Option("--heldout")] = None,
-    policy: Annotated[Path | None, typer.Option("--policy", help="stable policy checkpoint (default: the seed)")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="the stable policy: a checkpoint or a version directory, LoRA included (default: the seed)")] = None,
     parent: Annotated[str, typer.Option("--parent", help="registry id of --policy")] = "seed",
     reward_model: Annotated[Path | None, typer.Option("--reward-model", help="scorer for the gates (default ACTIVE)")] = None,
     beta: Annotated[float, typer.Option("--beta")] = 0.1,
@@ -179,7 +179,7 @@ def dpo(
 @app.command()
 def ppo(
     prompts: Annotated[Path, typer.Option("--prompts", help="JSONL of {'prompt': [messages]}")],
-    policy: Annotated[Path | None, typer.Option("--policy", help="stable policy checkpoint (default: the seed)")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="the stable policy: a checkpoint or a version directory, LoRA included (default: the seed)")] = None,
     parent: Annotated[str, typer.Option("--parent")] = "seed",
     reward_model: Annotated[Path | None, typer.Option("--reward-model", help="reward to optimise (default ACTIVE)")] = None,
     iterations: Annotated[int, typer.Option("--iterations")] = 20,
