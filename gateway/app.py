@@ -16,6 +16,8 @@ from fastapi import FastAPI
 from flywheel.settings import Settings
 from gateway.admin.canary_router import build_canary_router
 from gateway.admin.canary_service import CanaryService
+from gateway.admin.metrics_router import build_metrics_router
+from gateway.admin.metrics_service import MetricsService
 from gateway.admin.router import build_admin_router
 from gateway.admin.service import AdminService
 from gateway.auth import KeyRing
@@ -60,6 +62,7 @@ def create_app(
     registry_ok: Callable[[], bool],
     feedback: FeedbackService | None = None,
     canary: CanaryService | None = None,
+    metrics: MetricsService | None = None,
     on_startup: list[Callable[[], Awaitable[object] | object]] | None = None,
     on_shutdown: list[Callable[[], Awaitable[object] | object]] | None = None,
 ) -> FastAPI:
@@ -86,6 +89,8 @@ def create_app(
     app.include_router(build_admin_router(admin, settings))
     if canary is not None:
         app.include_router(build_canary_router(canary, settings))
+    if metrics is not None:
+        app.include_router(build_metrics_router(metrics, settings))
     if feedback is not None:
         app.include_router(build_feedback_router(feedback, settings.feedback_max_body_bytes))
     app.include_router(build_web_router())

@@ -20,6 +20,7 @@ from feedback.tokens import FeedbackTokenSigner
 from flywheel.db import create_schema, make_engine
 from flywheel.settings import Settings
 from gateway.admin.canary_service import CanaryService
+from gateway.admin.metrics_service import MetricsService
 from gateway.admin.service import AdminService
 from gateway.app import create_app
 from gateway.backends import BackendPool
@@ -103,8 +104,9 @@ def build_gateway(settings: Settings) -> FastAPI:
         on_change=routes.invalidate,
     )
 
+    store_metrics = StoreMetrics(engine)
     canary = CanaryService(admin, CanaryAnalyzer(
-        registry, StoreMetrics(engine), GatewayCounters(settings.canary_gateway_metrics_urls),
+        registry, store_metrics, GatewayCounters(settings.canary_gateway_metrics_urls),
         RolloutPlan.from_settings(settings),
     ))  # fmt: skip
 
@@ -122,6 +124,7 @@ def build_gateway(settings: Settings) -> FastAPI:
         admin=admin,
         feedback=feedback,
         canary=canary,
+        metrics=MetricsService(registry, store_metrics),
         backends=backends,
         telemetry=telemetry,
         registry_ok=registry_ok,

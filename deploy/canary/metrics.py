@@ -3,7 +3,8 @@
 From the feedback store (SQL through SQLAlchemy, SQLite or PostgreSQL): ratings (up = rating > 0,
 down = rating < 0; a neutral 0 counts as a rating but neither), mean reward of served answers (the
 chosen candidate's reward, when best-of-n scored it), safety-block rate (interactions with any
-stage whose action was ``block``), p99 latency (``latency_ms``).
+stage whose action was ``block``), p99 latency (``latency_ms``). ``rating_series`` buckets the ratings
+over time for the operator dashboard (``GET /admin/metrics``).
 
 Error rate comes from the gateways' Prometheus ``/metrics`` (``canary_gateway_metrics_urls``, summed
 over processes): a version's attempts are ``flywheel_requests_total`` plus
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ from sqlalchemy import Engine, select
 
 from feedback.store_models import FeedbackRow, InteractionRow
 from flywheel.db import session_factory
+from policies.registry_models import aware
 
 Counters = dict[str, list[float]]  # version -> [attempts, errors]
 
@@ -67,6 +69,20 @@ class VersionMetrics:
         out.update(thumbs_up_rate=self.thumbs_up_rate, safety_block_rate=self.safety_block_rate,
                    error_rate=self.error_rate)  # fmt: skip
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class RatingBucket:
+    """One version's ratings in one time bucket: ``[start, start + bucket_s)``."""
+
+    start: datetime
+    ratings: int = 0
+    ups: int = 0
+    downs: int = 0
+
+    @property
+    def thumbs_up_rate(self) -> float | None:
+        return self.ups / (self.ups + self.downs) if self.ups + self.downs else None
 
 
 def p99(values: list[float]) -> float | None:
@@ -116,6 +132,27 @@ class StoreMetrics:
             latency_n=len(latencies), latency_p99_ms=p99(latencies),
             attempts=counters[0] if counters else None, errors=counters[1] if counters else None,
         )
+
+
+    def rating_series(self, since: datetime, bucket_s: float, until: datetime) -> dict[str, list[RatingBucket]]:
+        """Ratings per version in buckets of ``bucket_s`` seconds from ``since`` (the first bucket's
+        start) to ``until``; only buckets holding a rating are returned, oldest first."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(FeedbackRow.policy_version, FeedbackRow.time, FeedbackRow.rating)
+                .where(FeedbackRow.time >= since, FeedbackRow.time < until, FeedbackRow.policy_version.is_not(None))
+            ).all()  # fmt: skip
+        counts: dict[str, dict[int, list[int]]] = {}  # version -> bucket index -> [ratings, ups, downs]
+        for version, at, rating in rows:
+            index = int((aware(at) - since).total_seconds() // bucket_s)
+            slot = counts.setdefault(version, {}).setdefault(index, [0, 0, 0])
+            slot[0] += 1
+            slot[1] += rating > 0
+            slot[2] += rating < 0
+        return {
+            version: [RatingBucket(since + timedelta(seconds=i * bucket_s), *buckets[i]) for i in sorted(buckets)]
+            for version, buckets in counts.items()
+        }
 
 
 class GatewayCounters:

@@ -1,1 +1,1 @@
-"""The chat page at ``/``: plain HTML + JS served as static files (no build step)."""
+"""Web pages served as static files (no build step): the chat page at ``/``, the dashboard at ``/dashboard``."""

@@ -1,12 +1,15 @@
-"""Serve the chat page: ``/`` and its two assets, read once at start-up (no build step, no templating).
+"""Serve the web pages, read once at start-up (no build step, no templating): the chat page at ``/``
+and the operator dashboard at ``/dashboard``, with their assets under ``/web/``.
 
-The page holds the chat key in localStorage, so it must never run script it did not ship: a strict
-Content-Security-Policy allows only these same-origin files, and the script writes model output
-with ``textContent`` only.
+The pages hold keys in browser storage, so they must never run script they did not ship: a strict
+Content-Security-Policy allows only these same-origin files, and the scripts write model output and
+API data with ``textContent`` only (charts are SVG built with DOM calls). The pages themselves are
+public; every piece of data comes from the API with the key the user enters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -18,7 +21,10 @@ WEB_DIR = Path(__file__).resolve().parent
 _ASSETS = {
     "chat.js": "text/javascript; charset=utf-8",
     "chat.css": "text/css; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
 }
+_PAGES = {"/": "index.html", "/dashboard": "dashboard.html"}
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -28,12 +34,9 @@ _HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"
 
 def build_web_router(web_dir: Path = WEB_DIR) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    page = (web_dir / "index.html").read_bytes()
     assets = {name: ((web_dir / name).read_bytes(), media) for name, media in _ASSETS.items()}
-
-    @router.get("/")
-    async def index() -> Response:
-        return Response(page, media_type="text/html; charset=utf-8", headers=_HEADERS)
+    for path, name in _PAGES.items():
+        router.add_api_route(path, _page((web_dir / name).read_bytes()), methods=["GET"])
 
     @router.get("/web/{name}")
     async def asset(name: str) -> Response:
@@ -43,3 +46,10 @@ def build_web_router(web_dir: Path = WEB_DIR) -> APIRouter:
         return Response(body, media_type=media, headers=_HEADERS)
 
     return router
+
+
+def _page(body: bytes) -> Callable[[], Awaitable[Response]]:
+    async def page() -> Response:
+        return Response(body, media_type="text/html; charset=utf-8", headers=_HEADERS)
+
+    return page
