@@ -109,7 +109,9 @@ class Candidate(BaseModel):
 
 
 class Interaction(_EventBase):
-    """What the gateway served: the (redacted) conversation, the candidates and the pick."""
+    """What the gateway served: the (redacted) conversation as the policy saw it — the client's
+    messages plus the grounding ``Sources:`` system message when grounding ran — the candidates and
+    the pick (``grounding_doc_ids`` names the documents behind the sources)."""
 
     kind: Literal["interaction"] = "interaction"
     messages: list[Message] = Field(default_factory=list)

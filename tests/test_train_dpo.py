@@ -176,3 +176,16 @@ def test_rlaif_pairs_have_their_own_weight() -> None:
     assert human == 100 and 35 <= rlaif <= 65
     assert resample(pairs, {"rlaif": 0.5}, seed=0) == kept  # deterministic
     assert sum(p.source == "rlaif" for p in resample(pairs, {"rlaif": 2.0}, seed=0)) == 200
+
+
+def test_export_sources_become_human_and_rlaif(tmp_path: Path) -> None:
+    """The export names pairs by how they were found; the trainer weighs them by who labelled them."""
+    import json
+
+    from trainer.data import read_pairs
+
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "source": s}
+            for s in ("rated", "rated_vs_candidate", "best_of_n", "custom")]  # fmt: skip
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [p.source for p in read_pairs(path)] == ["human", "human", "rlaif", "custom"]

@@ -22,6 +22,10 @@ from trainer.common import DataError, TokenizerMismatch
 
 Message = dict[str, Any]
 
+# The export (feedback/pairs.py) names a pair by how it was found; the trainer by who labelled it.
+# Pairs from people's ratings are "human"; pairs the reward model ranked (best-of-n) are "rlaif".
+EXPORT_SOURCES = {"rated": "human", "rated_vs_candidate": "human", "best_of_n": "rlaif"}
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -72,7 +76,7 @@ def _pair(row: dict[str, Any], where: str) -> Pair:
         raise DataError(f"{where}: 'prompt' must be a non-empty list of chat messages")
     messages = [{"role": str(m.get("role", "user")), "content": str(m.get("content") or "")} for m in prompt]
     return Pair(messages, _answer(row["chosen"], where), _answer(row["rejected"], where),
-                str(row.get("source") or "human"), float(row.get("weight", 1.0) or 0.0))
+                label_source(row.get("source")), float(row.get("weight", 1.0) or 0.0))
 
 
 def read_pairs(path: Path) -> list[Pair]:
@@ -123,6 +127,12 @@ def load_split(path: Path, heldout: Path | None = None, heldout_fraction: float 
     if not usable:
         raise DataError(f"{path}: nothing left to train on after holding out {len(held)} pairs")
     return PairSplit(usable, [p for p in held if p.chosen != p.rejected], digest.hexdigest(), dropped)
+
+
+def label_source(source: Any) -> str:
+    """``human`` or ``rlaif`` for the export's source names; other names are kept as they are."""
+    name = str(source or "human")
+    return EXPORT_SOURCES.get(name, name)
 
 
 def resample(pairs: list[Pair], source_weights: dict[str, float], seed: int) -> list[Pair]:

@@ -323,7 +323,9 @@ class ChatService:
         ctx = trace.get_current_span().get_span_context()
         self.recorder.submit(InteractionFacts(
             response_id=response_id, policy_version=target.version_id,
-            messages=[{"role": m.role, "content": m.text()} for m in req.messages],
+            # what the policy saw (redacted input plus the grounding sources), so that preference
+            # pairs train the policy on the prompts it actually answered
+            messages=prepared.messages,
             candidates=texts, chosen_index=chosen, rewards=rewards, grounding_doc_ids=prepared.doc_ids,
             safety=[r.to_dict() for r in [prepared.input_safety, *outputs] if r is not None],
             latency_ms=(time.perf_counter() - started) * 1000,
