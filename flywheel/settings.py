@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="chat keys")
     admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="operator keys")
     max_body_bytes: int = 1_000_000
+    max_header_bytes: int = Field(16 * 1024, description="request header bytes (names + values) before a 431")
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="browser origins that may call /v1/* cross-origin; empty = none; never /admin"
+    )
     max_messages: int = 256
     max_tokens_cap: int = 2048
     max_n: int = 16
@@ -197,7 +201,7 @@ class Settings(BaseSettings):
     def _canary_csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("api_keys", "admin_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", "cors_allow_origins", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -28,7 +28,7 @@ from gateway.errors import install_error_handlers
 from gateway.feedback.router import build_feedback_router
 from gateway.feedback.service import FeedbackService
 from gateway.health import build_health_router
-from gateway.middleware import BodySizeLimit, TracingMiddleware
+from gateway.middleware import ApiCors, BodySizeLimit, TracingMiddleware
 from gateway.telemetry import Telemetry
 from gateway.web.router import build_web_router
 
@@ -95,6 +95,8 @@ def create_app(
         app.include_router(build_feedback_router(feedback, settings.feedback_max_body_bytes))
     app.include_router(build_web_router())
     _merge_openapi_components(app, CHAT_SCHEMA_COMPONENTS)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes)
+    if settings.cors_allow_origins:  # closed by default: no CORS headers at all
+        app.add_middleware(ApiCors, allow_origins=settings.cors_allow_origins)
     app.add_middleware(TracingMiddleware, tracer=telemetry.tracer)
     return app

@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): body-size limit and tracing.
+"""Pure-ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): request size limits, CORS for
+the public API, and tracing.
 
 The tracing middleware opens the root span of each request and returns its trace id in the
 ``X-Trace-Id`` header, so a user's bug report can be matched to the trace and the logs.
@@ -10,6 +11,7 @@ import json
 from typing import Any
 
 from opentelemetry import trace
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import error_body
@@ -30,16 +32,24 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
 
 
 class BodySizeLimit:
-    """Refuse request bodies over ``max_bytes`` with an OpenAI-shaped 413, declared or streamed."""
+    """Refuse request bodies over ``max_bytes`` with an OpenAI-shaped 413, declared or streamed, and
+    headers over ``max_header_bytes`` (names + values) with a 431."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_header_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.max_header_bytes is not None:
+            header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
+            if header_bytes > self.max_header_bytes:
+                message = f"request headers larger than {self.max_header_bytes} bytes"
+                await _send_json(send, 431, error_body(message, "invalid_request_error", None, "headers_too_large"))
+                return
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -74,6 +84,32 @@ class BodySizeLimit:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class ApiCors:
+    """CORS for the public API (``/v1/*``) only, for the configured origins; every other path — the
+    operator API and the pages — answers no preflight and sends no ``Access-Control-*`` header, so a
+    browser keeps it same-origin. Keys travel in ``Authorization``, never in cookies: no credentials mode.
+    """
+
+    def __init__(self, app: ASGIApp, allow_origins: list[str], prefix: str = "/v1/") -> None:
+        self.app = app
+        self.prefix = prefix
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
+            expose_headers=["X-Trace-Id", "Retry-After", "Idempotent-Replayed"],
+            allow_credentials=False,
+            max_age=600,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 class TracingMiddleware:
