@@ -85,6 +85,9 @@ class Stack:
         consumer.start()
         self.children.append(consumer)
         self.console.print("[green]✓[/] feedback consumer started")
+        if not s.canary_controller:
+            self.console.print("[yellow]canary controller not started[/] (FLYWHEEL_CANARY_CONTROLLER=false)")
+            return creds
         controller = ManagedProcess(
             "canary controller", [*flywheel, "canary", "watch"], s.logs_dir / "canary.log", env=env
         )

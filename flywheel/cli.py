@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.commands import bench, canary, consume, export, kb, policy, safety, seed, simulate, stack, train
+from flywheel.commands import bench, canary, consume, export, kb, loop, policy, safety, seed, simulate, stack, train
 
 app = typer.Typer(
     name="flywheel",
@@ -25,6 +25,7 @@ app.add_typer(safety.app, name="safety")
 app.add_typer(train.app, name="train")
 app.command("export")(export.export)
 app.command("simulate")(simulate.simulate)
+app.command("loop")(loop.loop)
 
 if __name__ == "__main__":
     app()

@@ -167,7 +167,7 @@ class Settings(BaseSettings):
 
     # --- trainer ----------------------------------------------------------------------------
     reward_path: Path | None = Field(None, description="reward-model versions + ACTIVE pointer; unset = var/reward")
-    trainer_threads: int = Field(1, description="torch intra-op threads for training (fixed so runs repeat)")
+    trainer_threads: int = Field(2, ge=1, description="torch intra-op threads for training (a fixed count, so runs repeat)")
 
     @property
     def reward_dir(self) -> Path:
@@ -192,6 +192,7 @@ class Settings(BaseSettings):
     canary_latency_p99_max_ratio: float = Field(1.5, description="canary p99 latency / stable p99 that fails")
     canary_min_latency_samples: int = Field(50, ge=1, description="answers per version before p99 is judged")
     canary_interval_s: float = Field(30.0, gt=0, description="seconds between controller analyses")
+    canary_controller: bool = Field(True, description="`flywheel up` starts the controller (off while `flywheel loop` drives one)")
     canary_gateway_metrics_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="gateway /metrics URLs for error rates; unset = error rate not judged"
     )

@@ -189,3 +189,17 @@ def test_export_sources_become_human_and_rlaif(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert [p.source for p in read_pairs(path)] == ["human", "human", "rlaif", "custom"]
+
+
+def test_an_empty_heldout_file_falls_back_to_a_split_here(tmp_path: Path) -> None:
+    """An export over few prompts may hold none out; the trainer then holds out a slice itself."""
+    import json
+
+    from trainer.data import load_split
+
+    rows = [{"prompt": f"q{i % 6}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(30)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "pairs.heldout.jsonl").write_text("")
+    split = load_split(tmp_path / "pairs.jsonl", heldout_fraction=0.2)
+    assert split.heldout and split.train and len(split.heldout) + len(split.train) == 30
+    assert not {p.prompt_key for p in split.heldout} & {p.prompt_key for p in split.train}

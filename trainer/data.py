@@ -107,6 +107,8 @@ def load_split(path: Path, heldout: Path | None = None, heldout_fraction: float 
     pairs = read_pairs(path)
     held_path = heldout or (heldout_sibling(path) if heldout_sibling(path).is_file() else None)
     held = read_pairs(held_path) if held_path else []
+    if not held and heldout is None:  # the export found no held-out prompt (few prompts): split here instead
+        held_path = None
     digest = hashlib.sha256(path.read_bytes() + (held_path.read_bytes() if held_path else b""))
     if not pairs:
         raise DataError(f"{path}: no preference pairs (empty file)")

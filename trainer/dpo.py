@@ -11,6 +11,7 @@ by the gates (trainer.gates) before the version may ship.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ class DPOConfig:
     precompute_ref: bool = knob(True, "reference log-probs in one no-grad pass up front (~25% faster on CPU)")
     save_steps: int = knob(25, "checkpoint every N steps (resume point)")
     seed: int = knob(0, "random seed (init, data order)")
-    threads: int = knob(1, "torch threads")
+    threads: int | None = knob(None, "torch threads; unset = FLYWHEEL_TRAINER_THREADS")
     merge: bool = knob(False, "write a merged full checkpoint (needs its own vLLM) instead of an adapter")
     run_name: str | None = knob(None, "version directory name; unset = derived from data + config (re-running resumes)")
     stop_after: int | None = knob(None, "stop after N steps keeping the checkpoint (simulates an interrupt)")
@@ -69,6 +70,7 @@ def train_dpo(config: DPOConfig, settings: Settings, gates: GateConfig | None = 
     from trl import DPOTrainer
 
     gates = gates or GateConfig()
+    config = dataclasses.replace(config, threads=config.threads or settings.trainer_threads)  # recorded in the manifest
     seed_everything(config.seed, config.threads)
     policy_dir = config.policy or settings.seed_model_dir
     check_lora(config.lora_r, config.target_modules, settings, None if config.merge else policy_dir)

@@ -11,6 +11,7 @@ value loss, clip fraction. A checkpoint after every iteration makes a re-run res
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -65,7 +66,7 @@ class PPOConfig:
     lora_alpha: int = knob(16, "LoRA scale numerator")
     target_modules: list[str] = knob(list(LORA_TARGETS), "modules that get LoRA")
     seed: int = knob(0, "random seed")
-    threads: int = knob(1, "torch threads")
+    threads: int | None = knob(None, "torch threads; unset = FLYWHEEL_TRAINER_THREADS")
     merge: bool = knob(False, "write a merged full checkpoint instead of an adapter")
     run_name: str | None = knob(None, "version directory name; unset = derived from prompts + config")
     stop_after: int | None = knob(None, "stop after N iterations keeping the checkpoint")
@@ -111,6 +112,7 @@ def train_ppo(config: PPOConfig, settings: Settings, gates: GateConfig | None = 
     from peft import LoraConfig, get_peft_model
 
     gates = gates or GateConfig()
+    config = dataclasses.replace(config, threads=config.threads or settings.trainer_threads)  # recorded in the manifest
     seed_everything(config.seed, config.threads)
     policy_dir = config.policy or settings.seed_model_dir
     check_lora(config.lora_r, config.target_modules, settings, None if config.merge else policy_dir)

@@ -9,6 +9,7 @@ Reports held-out pairwise accuracy; ``activate=True`` points ``var/reward/ACTIVE
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ class RewardConfig:
     save_steps: int = knob(20, "hf kind: checkpoint every N steps (resume point)")
     # run
     seed: int = knob(0, "random seed")
-    threads: int = knob(1, "torch threads")
+    threads: int | None = knob(None, "torch threads; unset = FLYWHEEL_TRAINER_THREADS")
     run_name: str | None = knob(None, "version id; unset = derived from data + config (re-running resumes)")
     stop_after: int | None = knob(None, "stop after N steps/epochs, keeping the checkpoint (tests/interrupts)")
     quiet: bool = knob(False, "no progress bars")
@@ -66,6 +67,7 @@ class RewardRun:
 
 def train_reward(config: RewardConfig, settings: Settings, activate: bool = False, encoder: Any = None) -> RewardRun:
     """Train (or resume, or reuse) a reward model and optionally make it the gateway's scorer."""
+    config = dataclasses.replace(config, threads=config.threads or settings.trainer_threads)  # recorded in the manifest
     seed_everything(config.seed, config.threads)
     split = load_split(config.data, config.heldout, config.heldout_fraction, config.seed)
     knobs = {k: v for k, v in config_dict(config).items() if k not in ("run_name", "stop_after", "quiet")}

@@ -6,6 +6,7 @@ import typer
 
 from flywheel.bench import feedback as feedback_bench
 from flywheel.bench import gateway as gateway_bench
+from flywheel.bench import loop as loop_bench
 from flywheel.bench import pipeline as pipeline_bench
 from flywheel.bench import trainer as trainer_bench
 
@@ -14,3 +15,4 @@ app.command("gateway")(gateway_bench.run)
 app.command("pipeline")(pipeline_bench.run)
 app.command("feedback")(feedback_bench.run)
 app.command("trainer")(trainer_bench.run)
+app.command("loop")(loop_bench.run)

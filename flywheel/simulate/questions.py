@@ -74,6 +74,13 @@ class QuestionBank:
             raise ValueError(f"no {part} questions at heldout_fraction={heldout_fraction}")
         return QuestionBank(chosen)
 
+    def pool(self, k: int, seed: int) -> QuestionBank:
+        """``k`` questions drawn once by ``seed``: the loop asks each of them many times, because
+        up-vs-down preference pairs need several rated answers to one prompt."""
+        if k >= len(self.questions):
+            return self
+        return QuestionBank(tuple(random.Random(f"{seed}:pool").sample(self.questions, k)))
+
     def sample(self, rng: random.Random) -> Question:
         return rng.choice(self.questions)
 

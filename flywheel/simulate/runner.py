@@ -56,6 +56,7 @@ class SimulationConfig:
     adversarial_fraction: float | None = None
     questions: Part = "all"
     heldout_fraction: float = 0.2
+    question_pool: int | None = None  # ask only this many questions (drawn by seed), each many times
     include_kb_only: bool = True
     user_prefix: str = "sim"
     max_tokens: int = 128
@@ -75,6 +76,8 @@ class SimulationConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.question_pool is not None and self.question_pool < 1:
+            raise ValueError(f"question_pool must be at least 1, got {self.question_pool}")
         if self.questions not in ("all", "train", "heldout"):
             raise ValueError(f"questions must be all, train or heldout, got {self.questions!r}")
 
@@ -193,6 +196,8 @@ async def simulate(config: SimulationConfig, progress: Progress | None = None) -
     policy = config.rating_policy(preference)
     bank = QuestionBank.from_fact_sheet(include_kb_only=config.include_kb_only)
     bank = bank.part(config.questions, config.heldout_fraction)
+    if config.question_pool:
+        bank = bank.pool(config.question_pool, config.seed)
     users = build_population(config.users, policy.adversarial_fraction, config.seed, config.user_prefix)
     planned = plan_interactions(users, bank, config.interactions, config.seed)
     report = SimulationReport(preference.name, preference.rule_names, config.interactions, config=config.to_dict())
