@@ -101,7 +101,7 @@ def build_gateway(settings: Settings) -> FastAPI:
     admin = AdminService(
         registry, default_client, max_loaded_adapters=max_adapters,
         unload_grace_s=settings.adapter_unload_grace_s,
-        on_change=routes.invalidate,
+        on_change=routes.invalidate, max_best_of_n=settings.max_best_of_n,
     )
 
     store_metrics = StoreMetrics(engine)

@@ -28,6 +28,7 @@ from policies.registry_models import (
     AuditEntry,
     PolicyAuditRow,
     PolicyVersionRow,
+    SERVING_KEY,
     RegistryStateRow,
     RoutingTable,
     Version,
@@ -265,6 +266,23 @@ class PolicyRegistry:
             before = _state(row)
             row.status, row.weight = status, 0.0
             self._audit(session, actor, action, row, before, details)
+            return self._to_version(session, row)
+
+    def set_serving(self, version_id: str, best_of_n: int | None, actor: str = "system",
+                    details: dict[str, Any] | None = None) -> Version:
+        """Per-version serving defaults (today: ``best_of_n`` when a request names none; None = the
+        gateway's default). Kept in the version's JSON bag under ``serving``, so no schema change."""
+        if best_of_n is not None and best_of_n < 1:
+            raise RegistryError(f"best_of_n must be at least 1, got {best_of_n}")
+        with self._change() as session:
+            row = self._row(session, version_id)
+            metrics = dict(row.metrics or {})
+            before = dict(metrics.get(SERVING_KEY) or {})
+            serving = {k: v for k, v in {**before, "best_of_n": best_of_n}.items() if v is not None}
+            metrics[SERVING_KEY] = serving
+            row.metrics = metrics
+            self._audit(session, actor, "set_serving", row, _state(row),
+                        {**(details or {}), "serving_from": before, "serving_to": serving})  # fmt: skip
             return self._to_version(session, row)
 
     def annotate(self, version_id: str, action: str, actor: str = "system", details: dict[str, Any] | None = None) -> None:

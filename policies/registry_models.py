@@ -140,6 +140,7 @@ class RouteEntry:
     status: str
     weight: float
     seq: int = 0
+    best_of_n: int | None = None  # the version's default when a request names none
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,14 @@ def to_version(row: PolicyVersionRow, stable_share: float) -> Version:
     )
 
 
+SERVING_KEY = "serving"  # per-version serving defaults inside ``metrics`` (see PolicyRegistry.set_serving)
+
+
 def to_entry(row: PolicyVersionRow, weight: float) -> RouteEntry:
+    serving = (row.metrics or {}).get(SERVING_KEY) or {}
     return RouteEntry(
         version_id=row.id, served_model_name=row.served_model_name, endpoint=row.endpoint,
-        status=row.status, weight=weight, seq=row.seq,
+        status=row.status, weight=weight, seq=row.seq, best_of_n=serving.get("best_of_n"),
     )
 
 

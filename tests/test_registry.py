@@ -195,6 +195,27 @@ def test_metrics_merge(registry: PolicyRegistry, artifacts: Callable[[str], Path
     assert registry.get(vid).metrics == {"thumbs_up_rate": 0.6, "n": 25}
 
 
+def test_serving_defaults_reach_the_routing_table_and_the_audit_log(
+    registry: PolicyRegistry, artifacts: Callable[[str], Path]
+) -> None:
+    from policies.registry import RegistryError
+
+    vid = registry.register("lora", artifacts("a")).id
+    registry.update_metrics(vid, {"n": 3})
+    assert registry.set_serving(vid, 4, "ops").metrics == {"n": 3, "serving": {"best_of_n": 4}}
+    entry = next(e for e in registry.routing_table().entries() if e.version_id == vid)
+    assert entry.best_of_n == 4
+    assert next(e for e in registry.routing_table().entries() if e.version_id == "seed").best_of_n is None
+    audit = registry.audit(limit=1, version_id=vid)[0]
+    assert (audit.action, audit.actor, audit.details["serving_to"]) == ("set_serving", "ops", {"best_of_n": 4})
+    registry.set_serving(vid, None, "ops")
+    assert next(e for e in registry.routing_table().entries() if e.version_id == vid).best_of_n is None
+    with pytest.raises(RegistryError):
+        registry.set_serving(vid, 0)
+    with pytest.raises(VersionNotFound):
+        registry.set_serving("nope", 2)
+
+
 def test_database_refuses_a_second_stable(registry: PolicyRegistry, engine: Engine, artifacts: Callable[[str], Path]) -> None:
     registry.register("lora", artifacts("a"))
     with pytest.raises(IntegrityError), engine.begin() as conn:

@@ -117,6 +117,22 @@ def canary(
     Console().print(f"{version['id']} now gets {_pct(version['weight'])} of traffic")
 
 
+@app.command()
+def serving(
+    version_id: Annotated[str, typer.Argument(metavar="ID")],
+    best_of_n: Annotated[int | None, typer.Option("--best-of-n", min=1, help="candidates when a request names none")] = None,
+    default: Annotated[bool, typer.Option("--default", help="drop the version's own value: use the gateway's")] = False,
+    url: Url = None,
+    key: Key = None,
+) -> None:
+    """Set a version's serving defaults (best-of-n when the request names none)."""
+    if (best_of_n is None) == (not default):
+        _fail("pass --best-of-n K or --default")
+    version = _call(url, key, "POST", f"/admin/policies/{version_id}/serving", {"best_of_n": best_of_n})
+    value = version["metrics"].get("serving", {}).get("best_of_n")
+    Console().print(f"{version['id']}: best-of-n {value if value else 'the gateway default'} when a request names none")
+
+
 def _action(action: str, done: str) -> Any:
     def command(
         version_id: Annotated[str, typer.Argument(metavar="ID")],

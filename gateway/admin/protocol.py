@@ -35,6 +35,15 @@ class WeightRequest(BaseModel):
     details: dict[str, Any] | None = Field(None, description="numbers behind the change, for the audit log")
 
 
+class ServingRequest(BaseModel):
+    """``POST /admin/policies/{id}/serving``: the version's serving defaults (null = the gateway's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    best_of_n: int | None = Field(..., ge=1, description="candidates when a request names no best_of_n")
+    reason: str | None = None
+
+
 class ActionRequest(BaseModel):
     """Optional body of promote / rollback / retire: why, for the audit log."""
 

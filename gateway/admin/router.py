@@ -10,6 +10,7 @@ from gateway.admin.protocol import (
     AuditList,
     AuditOut,
     RegisterRequest,
+    ServingRequest,
     VersionList,
     VersionOut,
     WeightRequest,
@@ -38,6 +39,10 @@ def build_admin_router(service: AdminService, settings: Settings) -> APIRouter:
     @router.post("/policies/{version_id}/weight")
     async def set_weight(version_id: str, body: WeightRequest, who: Principal = operator) -> VersionOut:
         return VersionOut.of(await service.set_weight(version_id, body.weight, who.actor, body.reason, body.details))
+
+    @router.post("/policies/{version_id}/serving")
+    async def set_serving(version_id: str, body: ServingRequest, who: Principal = operator) -> VersionOut:
+        return VersionOut.of(await service.set_serving(version_id, body.best_of_n, who.actor, body.reason))
 
     @router.post("/policies/{version_id}/promote")
     async def promote(

@@ -71,8 +71,10 @@ class AdminService:
         max_loaded_adapters: int,
         unload_grace_s: float = 5.0,
         on_change: Callable[[], None] | None = None,
+        max_best_of_n: int = 8,
     ) -> None:
         self.registry = registry
+        self.max_best_of_n = max_best_of_n
         self.loader = loader
         self.max_loaded_adapters = max_loaded_adapters
         self.unload_grace_s = unload_grace_s
@@ -135,6 +137,14 @@ class AdminService:
     ) -> Version:
         async with self._lock:
             version = await self._db(self.registry.set_weight, version_id, weight, actor, _reason(reason, details))
+            self._changed()
+            return version
+
+    async def set_serving(self, version_id: str, best_of_n: int | None, actor: str, reason: str | None = None) -> Version:
+        if best_of_n is not None and best_of_n > self.max_best_of_n:
+            raise BadRequest(f"best_of_n must be at most {self.max_best_of_n}", param="best_of_n")
+        async with self._lock:
+            version = await self._db(self.registry.set_serving, version_id, best_of_n, actor, _reason(reason, None))
             self._changed()
             return version
 

@@ -65,10 +65,17 @@ class RequestPipeline:
         self.max_best_of_n = max_best_of_n
 
     # --- before the policy ------------------------------------------------------------------
-    def best_of_n(self, req: ChatCompletionRequest) -> int:
-        """How many candidates to sample (1 = plain generation)."""
-        k = req.best_of_n if req.best_of_n is not None else self.best_of_n_default
-        return k if self.scorer is not None else 1
+    def best_of_n(self, req: ChatCompletionRequest, version_default: int | None = None) -> int:
+        """How many candidates to sample (1 = plain generation): the request's ``best_of_n``, else the
+        version's default, else the gateway's. A default applies only where best-of-n can: one answer
+        (n=1) sampled with temperature > 0; an explicit value is validated instead (check_limits)."""
+        if self.scorer is None:
+            return 1
+        if req.best_of_n is not None:
+            return req.best_of_n
+        if req.n > 1 or req.temperature == 0:
+            return 1
+        return min(version_default or self.best_of_n_default, self.max_best_of_n)
 
     def wants_grounding(self, req: ChatCompletionRequest) -> bool:
         return self.grounding is not None and (req.grounding if req.grounding is not None else self.grounding_default)

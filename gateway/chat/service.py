@@ -87,8 +87,8 @@ class ChatService:
         self._in_flight -= 1
         self.telemetry.metrics.in_flight.set(self._in_flight)
 
-    def check_limits(self, req: ChatCompletionRequest) -> int:
-        """Validate caps; returns the best-of-n to use."""
+    def check_limits(self, req: ChatCompletionRequest) -> None:
+        """Validate caps (an explicit ``best_of_n`` included; defaults are applied after routing)."""
         if req.n > self.max_n:
             raise BadRequest(f"n must be at most {self.max_n}", param="n")
         for name in ("max_tokens", "max_completion_tokens"):
@@ -97,15 +97,13 @@ class ChatService:
                 raise BadRequest(f"{name} must be at most {self.max_tokens_cap}", param=name)
         if len(req.messages) > self.max_messages:
             raise BadRequest(f"at most {self.max_messages} messages per request", param="messages")
-        k = self.pipeline.best_of_n(req)
-        if k > 1:
-            if req.best_of_n is not None and req.best_of_n > self.pipeline.max_best_of_n:
+        if req.best_of_n is not None and req.best_of_n > 1:
+            if req.best_of_n > self.pipeline.max_best_of_n:
                 raise BadRequest(f"best_of_n must be at most {self.pipeline.max_best_of_n}", param="best_of_n")
             if req.n > 1:
                 raise BadRequest("best_of_n returns one answer: use it with n=1", param="best_of_n")
             if req.temperature == 0:
                 raise BadRequest("best_of_n needs sampling: use temperature > 0", param="temperature")
-        return k
 
     def route(self, model: str, sticky_key: str | None) -> tuple[RouteEntry, bool]:
         """The version to answer with, and whether the client pinned it by name."""
@@ -137,20 +135,21 @@ class ChatService:
 
     # --- non-streaming ----------------------------------------------------------------------
     async def complete(self, req: ChatCompletionRequest, sticky_key: str | None) -> dict[str, Any]:
-        k = self.check_limits(req)
+        self.check_limits(req)
         self._admit()
         try:
-            return await self._complete(req, sticky_key, k)
+            return await self._complete(req, sticky_key)
         finally:
             self._release()
 
-    async def _complete(self, req: ChatCompletionRequest, sticky_key: str | None, k: int) -> dict[str, Any]:
+    async def _complete(self, req: ChatCompletionRequest, sticky_key: str | None) -> dict[str, Any]:
         started = time.perf_counter()
         response_id = new_response_id()
         tracer = self.telemetry.tracer
         with tracer.start_as_current_span("input_stages"):
             prepared = await self.pipeline.prepare(req)
         target, pinned = self.route(req.model, sticky_key)
+        k = self.pipeline.best_of_n(req, target.best_of_n)
         if prepared.blocked:
             return self._refuse(req, response_id, target, prepared, started)
         with tracer.start_as_current_span("generate") as span:
@@ -209,12 +208,13 @@ class ChatService:
         Failing before the first chunk lets us answer with a proper HTTP error or retry on stable;
         after that, errors become an SSE error event, which the SDK raises as an APIError.
         """
-        k = self.check_limits(req)
+        self.check_limits(req)
         self._admit()
         try:
             started = time.perf_counter()
             prepared = await self.pipeline.prepare(req)
             target, pinned = self.route(req.model, sticky_key)
+            k = self.pipeline.best_of_n(req, target.best_of_n)
             state = StreamState(new_response_id(), req.model, bool(req.stream_options and req.stream_options.include_usage))
             if prepared.blocked:
                 body = self._stream_refusal(state, target, prepared)
