@@ -139,3 +139,14 @@ def test_loads_in_transformers_and_stops_at_eos(seed_model_dir: Path) -> None:
     assert new[-1] == eos and eos not in new[:-1], "generation must end at <|eos|>"
     answer = tokenizer.decode(new, skip_special_tokens=True).strip()
     assert len(answer.split()) >= 3
+
+
+def test_presets_use_bf16_only_where_the_cpu_has_it() -> None:
+    """bf16 autocast is emulated, ~70x slower, on AVX2-class CPUs: the presets follow the hardware."""
+    from pathlib import Path
+
+    from policies.seed.config import SeedConfig, native_bf16
+
+    flags = Path("/proc/cpuinfo").read_text()
+    assert native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert SeedConfig.default().bf16_autocast == native_bf16() == SeedConfig.fixture().bf16_autocast

@@ -62,9 +62,12 @@ def cpu_model() -> str:
 
 def machine_line() -> str:
     """Cores the process may use, CPU model, OS and Python: the context every number needs."""
+    from policies.seed.config import native_bf16
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    bf16 = "native bf16" if native_bf16() else "no native bf16 (AVX2-class)"
     return (
-        f"{cores} CPU cores ({cpu_model()}), {platform.system()} {platform.release()}, "
+        f"{cores} CPU cores ({cpu_model()}, {bf16}), {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}"
     )
 
