@@ -18,6 +18,7 @@ Any other client failure tears the consumer down and builds a new one after a sh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -251,7 +252,14 @@ class FeedbackConsumer:
         consumer = self._consumer
         if consumer is None:
             return
-        for tp in consumer.assignment():
+        assigned = consumer.assignment()
+        current = {f"{tp.topic}/{tp.partition}" for tp in assigned}
+        for name in [n for n in self.stats.lag if n not in current]:  # revoked by a rebalance: not ours now
+            del self.stats.lag[name]
+            topic, partition = name.rsplit("/", 1)
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(topic, partition)
+        for tp in assigned:
             high = consumer.highwater(tp)
             if high is None:
                 continue

@@ -74,6 +74,7 @@ class EventProducer:
         self._inflight: dict[int, Record] = {}
         self._next_id = 0
         self._stats = ProducerStats()
+        self._spool_error_logged = float("-inf")
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._connected = threading.Event()
@@ -236,15 +237,24 @@ class EventProducer:
             try:
                 ticket = self._spool.submit(records)
             except SpoolError as exc:
-                self._stats.failed += len(records)
-                raise DeliveryError(str(exc)) from exc
+                raise self._spool_failed(exc, len(records)) from exc
         try:
             self._spool.wait(ticket)
         except SpoolError as exc:
-            self._stats.failed += len(records)
-            raise DeliveryError(str(exc)) from exc
+            raise self._spool_failed(exc, len(records)) from exc
         self._stats.spooled += len(records)
         self._wake.set()
+
+    def _spool_failed(self, exc: SpoolError, lost: int) -> DeliveryError:
+        """Count and log a spool failure (full disk, full spool): logged at most every 10 s, since then
+        every event fails the same way (ratings answer 503, interactions are dropped)."""
+        self._stats.failed += lost
+        now = time.monotonic()
+        if now - self._spool_error_logged >= 10.0:
+            self._spool_error_logged = now
+            log.error("event spool write failed, %d event(s) not kept (broker unreachable and spool unusable): %s",
+                      lost, exc)  # fmt: skip
+        return DeliveryError(str(exc))
 
     def _take_queue_locked(self) -> list[Record]:
         records = list(self._queue)

@@ -157,7 +157,8 @@ class Spool:
                     self._db.executemany("INSERT INTO spool(topic, key, value, size) VALUES (?,?,?,?)", rows)
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:  # SQLite already rolled back on e.g. "database or disk is full"
+                        self._db.execute("ROLLBACK")
                     raise
         except sqlite3.Error as exc:
             error = exc
