@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     upstream_timeout_s: float = 120.0
     max_in_flight: int = Field(512, description="chat requests in progress per process before 429s")
     registry_cache_s: float = Field(1.0, description="how stale a gateway's view of the registry may be")
+    ready_on_stale_table_s: float = Field(
+        300.0, ge=0, description="/readyz stays ready this long on its last routing table while the database is down"
+    )
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; unset = no export")
     log_level: str = "INFO"
 

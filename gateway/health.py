@@ -1,7 +1,8 @@
 """Liveness, readiness and Prometheus metrics.
 
-``/healthz`` says the process is up. ``/readyz`` says it can serve: the registry answers and the stable
-policy's vLLM server is healthy. ``/metrics`` renders this app's own Prometheus registry.
+``/healthz`` says the process is up. ``/readyz`` says it can serve: the registry answers (or, during a
+database outage, the routing table it last read is recent enough to route on) and the stable policy's
+vLLM server is healthy. ``/metrics`` renders this app's own Prometheus registry.
 """
 
 from __future__ import annotations

@@ -111,11 +111,13 @@ def build_gateway(settings: Settings) -> FastAPI:
     ))  # fmt: skip
 
     def registry_ok() -> bool:
+        """The database answers, or it does not but chat still routes on a recent routing table (a short
+        database outage must not take every gateway out of its Service; admin calls fail meanwhile)."""
         try:
             with engine.connect() as conn:
                 conn.execute(text("select 1"))
         except Exception:  # noqa: BLE001 - readiness only reports, never raises
-            return False
+            return routes.healthy(max_age_s=settings.ready_on_stale_table_s)
         return True
 
     return create_app(

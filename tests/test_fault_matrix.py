@@ -314,6 +314,7 @@ def test_database_unavailable_for_10s_chat_keeps_serving_and_events_catch_up(
     catch_up_s = time.monotonic() - started
     assert set(chat_status["during"]) == {200}, chat_status["during"]
     assert set(rate_status) == {202}
+    assert set(ready_during) == {200}, ready_during  # ready on its last routing table: the pod stays in its Service
     assert gw.process.alive() and consumer.process.alive()
     observe(tmp_path, "database_unavailable_10s", outage_s=round(outage_s, 1),
             chat_during={s: chat_status["during"].count(s) for s in set(chat_status["during"])},
