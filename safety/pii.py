@@ -69,6 +69,7 @@ _SECRET_PATTERNS = [
     re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),  # Slack
     re.compile(r"\bAIza[0-9A-Za-z_-]{35}"),  # Google API key
     re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"),  # GitLab
+    re.compile(r"(?<![\w-])fw-(?:chat|admin)-[A-Za-z0-9_-]{16,}"),  # our own keys (deploy/credentials.py)
 ]
 _BEARER = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 _KEY_VALUE = re.compile(

@@ -41,6 +41,8 @@ from safety.pii import iban_valid, luhn_valid, normalise, redact
         ("url?api_key=9f86d081884c7d659a2feaa0c55ad015&x=1", "SECRET", "9f86d081884c7d659a2f"),
         ('{"token": "dGhpcyBpcyBhIHNlY3JldCB0b2tlbg=="}', "SECRET", "dGhpcyBp"),
         ("password: hunter2hunter", "SECRET", "hunter2"),
+        ("my key is fw-chat-Zx9_aB3-kL0pQr7sTu1vWx2y ok", "SECRET", "Zx9_aB3-kL0pQr7"),
+        ("admin fw-admin-AbCdEfGhIjKlMnOpQrStUvWx", "SECRET", "AbCdEfGhIjKl"),
     ],
 )
 def test_redacts(text: str, kind: str, secret: str) -> None:
