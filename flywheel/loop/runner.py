@@ -134,6 +134,9 @@ class Loop:
             record = self.round(n, round_dir)
             self.record.rounds.append(record)
             self.console.print(f"[bold]round {n}[/]: {record.outcome} ({record.candidate or 'no canary'})")
+            if record.outcome == "undecided":  # the canary stays live for an operator: no next round
+                self.console.print(f"[yellow]{record.candidate} waits for an operator; stopping after round {n}[/]")
+                break
         self.record.final_stable = self.operator.stable().id
         self.record.rewards = self.store.rewards(self.started)
         if self.config.eval_interactions and self.record.final_stable != self.record.seed_version:
@@ -274,8 +277,8 @@ class Loop:
         self.record.ticks.append(Tick(self._t(), n, vid, action, reason, after.weight, after.status))
         self.console.print(f"  controller: {action} — {reason} (weight {after.weight:.0%}, {after.status})",
                            highlight=False)  # fmt: skip
-        if action == "hold" and "operator" in reason:
-            return "needs_operator"
+        if action == "hold" and ("an operator decides" in reason or "paused" in reason):
+            return "needs_operator"  # deploy/canary/analysis.py's wording for both
         return action
 
     def evaluate(self, version: str) -> None:
