@@ -179,8 +179,11 @@ class PolicyRegistry:
         if kind == "lora" and (endpoint or served_model_name):
             raise InvalidArtifact("a 'lora' version is served by the shared vLLM under its own name")
         given = str(path)
-        resolved = Path(path).resolve()
-        sha = artifact_sha256(resolved)
+        try:
+            resolved = Path(path).resolve()
+            sha = artifact_sha256(resolved)
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a file we may not read
+            raise InvalidArtifact(f"artifact path cannot be read: {exc}") from None
         with self._change() as session:
             if parent is not None:
                 self._row(session, parent)
