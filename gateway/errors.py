@@ -105,6 +105,26 @@ def error_body(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
+_NULLABLE_STRING = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": _NULLABLE_STRING,
+                "code": _NULLABLE_STRING,
+            },
+        }
+    },
+}
+_API_PREFIXES = ("/v1/", "/admin/")
+
 _STATUS_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -117,8 +137,36 @@ _STATUS_TYPES = {
 }
 
 
+def _document_errors(app: FastAPI) -> None:
+    """Declare the one error shape on every API operation of the OpenAPI document.
+
+    FastAPI would otherwise promise its own ``422 {"detail": [...]}`` body, which this app never sends.
+    """
+    generate = app.openapi
+    schema = {"$ref": "#/components/schemas/Error"}
+    error = {"description": "OpenAI-shaped error", "content": {"application/json": {"schema": schema}}}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            schemas["Error"] = ERROR_SCHEMA
+            for path, operations in document.get("paths", {}).items():
+                for operation in operations.values() if path.startswith(_API_PREFIXES) else ():
+                    responses = operation.setdefault("responses", {})
+                    responses.pop("422", None)
+                    responses.update({"4XX": error, "5XX": error})
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every exception path (ours, FastAPI's validation, Starlette's HTTP, anything else) to JSON."""
+    _document_errors(app)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
