@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 PREFIX = "v1"
+SEPARATOR = "|"  # between the MAC's fields; never in a response id, so the fields read back one way only
 
 
 class InvalidToken(Exception):
@@ -45,15 +46,19 @@ class FeedbackTokenSigner:
         self._clock = clock
 
     def _mac(self, response_id: str, policy_version: str, expires_at: int) -> str:
-        msg = f"{response_id}|{policy_version}|{expires_at}".encode()
+        msg = f"{response_id}{SEPARATOR}{policy_version}{SEPARATOR}{expires_at}".encode()
         return _b64(hmac.new(self._secret, msg, hashlib.sha256).digest())
 
     def issue(self, response_id: str, policy_version: str) -> str:
+        if SEPARATOR in response_id:
+            raise ValueError(f"a response id may not contain {SEPARATOR!r}")
         expires_at = int(self._clock()) + self.ttl_s
         version = _b64(policy_version.encode())
         return f"{PREFIX}.{expires_at}.{version}.{self._mac(response_id, policy_version, expires_at)}"
 
     def verify(self, token: str, response_id: str) -> TokenClaims:
+        if SEPARATOR in response_id:  # "a|b" of version "c" would read as "a" of version "b|c"
+            raise InvalidToken("malformed response id")
         parts = token.split(".")
         if len(parts) != 4 or parts[0] != PREFIX:
             raise InvalidToken("malformed token")
@@ -63,6 +68,9 @@ class FeedbackTokenSigner:
             policy_version = base64.urlsafe_b64decode(version_b64 + "=" * (-len(version_b64) % 4)).decode()
         except (ValueError, UnicodeDecodeError):
             raise InvalidToken("malformed token") from None
+        if expiry_text != str(expires_at) or version_b64 != _b64(policy_version.encode()):
+            # int() and b64decode also accept other spellings (" 17", "+17", spare bits): one token, one string
+            raise InvalidToken("malformed token")
         expected = self._mac(response_id, policy_version, expires_at)
         if not hmac.compare_digest(expected.encode(), mac.encode()):
             raise InvalidToken("token does not match this response")
