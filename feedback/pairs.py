@@ -24,7 +24,7 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -153,14 +153,19 @@ def _rated_pairs(scored: dict[str, _Scored], cfg: ExportConfig, dropped: Counter
     for ph, answers in by_prompt.items():
         ups = [a for a in answers if a.score > 0]
         downs = [a for a in answers if a.score < 0]
-        found = [
-            Pair(u.rec.messages, u.answer, d.answer, "rated", round((u.score - d.score) / 2, 4),
-                 u.rec.policy_version, ph, u.raters | d.raters)  # fmt: skip
-            for u in ups
-            for d in downs
-            if _norm(u.answer) != _norm(d.answer)
-        ]
-        kept = _stable_order(found)[: cfg.max_pairs_per_prompt]
+        found: dict[tuple[str, str, str], Pair] = {}
+        for u in ups:
+            for d in downs:
+                if _norm(u.answer) == _norm(d.answer):
+                    continue
+                p = Pair(u.rec.messages, u.answer, d.answer, "rated", round((u.score - d.score) / 2, 4),
+                         u.rec.policy_version, ph, u.raters | d.raters)  # fmt: skip
+                # the same texts rated by several raters: one pair (one slot of the cap), all of them attributed
+                if p.key in found:
+                    dropped["duplicate"] += 1
+                    p = _merge(found[p.key], p)
+                found[p.key] = p
+        kept = _stable_order(found.values())[: cfg.max_pairs_per_prompt]
         dropped["per_prompt_cap"] += len(found) - len(kept)
         out += kept
     return out
@@ -205,6 +210,13 @@ def _rated_vs_candidate_pairs(scored: dict[str, _Scored]) -> list[Pair]:
     return out
 
 
+def _merge(old: Pair, new: Pair) -> Pair:
+    """Two pairs with one key: the stronger evidence (source, then weight) stays, attributed to everyone
+    behind either, whichever came first (or a rater's pair could escape the user cap by arrival order)."""
+    stronger = new if (_PRIORITY[new.source], -new.weight) < (_PRIORITY[old.source], -old.weight) else old
+    return replace(stronger, users=old.users | new.users)
+
+
 def _dedupe(pairs: list[Pair], dropped: Counter[str]) -> list[Pair]:
     """One pair per (prompt, chosen, rejected); both directions present means conflicting evidence: drop."""
     best: dict[tuple[str, str, str], Pair] = {}
@@ -214,9 +226,7 @@ def _dedupe(pairs: list[Pair], dropped: Counter[str]) -> list[Pair]:
             best[p.key] = p
             continue
         dropped["duplicate"] += 1
-        if (_PRIORITY[p.source], -p.weight) < (_PRIORITY[old.source], -old.weight):
-            best[p.key] = Pair(p.prompt, p.chosen, p.rejected, p.source, p.weight, p.policy_version,
-                               p.prompt_hash, p.users | old.users)  # fmt: skip
+        best[p.key] = _merge(old, p)
     conflicting = {k for k in best if (k[0], k[2], k[1]) in best}
     dropped["conflicting"] += len(conflicting)
     return [p for k, p in best.items() if k not in conflicting]
