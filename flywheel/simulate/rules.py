@@ -8,6 +8,7 @@ a list of rules with weights — and a new preference needs a new config file, n
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -47,7 +48,7 @@ def _matches(text: str, phrases: Sequence[str], match: Match, case_sensitive: bo
 
 
 @dataclass(frozen=True)
-class Rule:
+class Rule(ABC):
     """Common fields: ``name`` (reported per version), ``weight`` (share of the score), ``negate``
     (the rule holds when its check fails: how a file states the opposite preference)."""
 
@@ -55,8 +56,9 @@ class Rule:
     weight: float = 1.0
     negate: bool = False
 
+    @abstractmethod
     def check(self, answer: Answer) -> bool | None:
-        raise NotImplementedError
+        """Whether the answer has the behaviour; ``None`` when the rule does not apply."""
 
     def holds(self, answer: Answer) -> bool | None:
         """The check, negated if asked; ``None`` when the rule does not apply to this answer."""
