@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.gateway",
     "tests.fixtures.feedback",
+    "tests.fixtures.browser",
 ]

@@ -22,7 +22,6 @@ from gateway.auth import fingerprint
 from tests.fixtures.broker import wait_until
 from tests.fixtures.feedback import ConsumerHandle, private_topics
 from tests.fixtures.gateway import GatewayHandle
-from tests.test_web_page import browser_type_launch_args  # noqa: F401 - the system Chromium for this module too
 
 pytestmark = [pytest.mark.vllm, pytest.mark.broker]
 

@@ -4,7 +4,6 @@ rating lands in the store through the real gateway, broker and `flywheel consume
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -15,17 +14,6 @@ from tests.fixtures.feedback import ConsumerHandle
 from tests.fixtures.gateway import GatewayHandle
 
 pytestmark = [pytest.mark.vllm, pytest.mark.broker]
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """The system Chromium (never `playwright install`, which downloads)."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True, "args": CHROMIUM_ARGS}
-
 
 def _enter_key(page: Page, key: str) -> None:
     expect(page.locator("#key-form")).to_be_visible()
