@@ -11,9 +11,11 @@ stable's weight is the remainder: raising canary A lowers the stable's score, so
 stable for canary B, and some of B's keys go to A — users churn between versions whose weights did
 not change. With lanes, changing the weight of the innermost canary on its side from w to w' moves
 exactly the keys in the band between the old and the new lane edge, |w' - w| of all users, and all
-of them between that canary and the stable (the minimum any scheme can move). With at most two
-canaries (the usual case: the candidate, perhaps the next one) every canary is innermost on its side,
-so every weight change is minimal. No fixed layout can do that for three canaries at once: with
+of them between that canary and the stable (the minimum any scheme can move). Two canaries with
+consecutive registration numbers (the usual case: the candidate, perhaps the next one) sit on opposite
+sides, each innermost, so every weight change is minimal. Two canaries on the same side (v1 and v3
+after v2 retired) are not: a change to v1's weight shifts v3's lane, moving some users between v3 and
+the stable. No fixed layout can do that for three canaries at once: with
 weights (½, ½, 0), (½, 0, ½) and (0, ½, ½) all allowed, lane A(½) would have to be the complement
 of both B(½) and C(½), which would then coincide although they must be disjoint. Here a change to
 an outer canary shifts only the canaries inside it on the same side.
@@ -45,12 +47,12 @@ def lanes(table: RoutingTable) -> list[tuple[float, float, RouteEntry]]:
     edge = 0.0
     for entry in sorted(low, key=lambda e: e.seq):
         width = max(0.0, entry.weight)
-        bands.append((edge, edge + width, entry))
+        bands.append((edge, min(1.0, edge + width), entry))  # clamped: float sums may pass 1 by an ulp
         edge += width
     edge = 1.0
     for entry in sorted(high, key=lambda e: e.seq):
         width = max(0.0, entry.weight)
-        bands.append((edge - width, edge, entry))
+        bands.append((max(0.0, edge - width), edge, entry))  # clamped: float sums may pass 0 by an ulp
         edge -= width
     return bands
 
