@@ -69,6 +69,7 @@ class LoopConfig:
     lora_r: int = 8
     ppo_iterations: int = 12
     min_win_rate: float = 0.5
+    min_human_accuracy: float = 0.5  # the held-out human-pairs gate (trainer.gates.GateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -214,7 +214,7 @@ class Loop:
         name = f"loop-{self.stamp}-r{n}"
         reward = train_reward(RewardConfig(data=pairs, run_name=f"{name}-reward", quiet=True), self.settings)
         record.reward_accuracy = reward.metrics.get("heldout_accuracy")
-        gates = GateConfig(min_reward_win_rate=self.config.min_win_rate,
+        gates = GateConfig(min_reward_win_rate=self.config.min_win_rate, min_human_accuracy=self.config.min_human_accuracy,
                            samples_per_prompt=self.config.gate_samples_per_prompt)
         policy = Path(parent_path) if parent_path else None
         if self.config.algo == "dpo":
