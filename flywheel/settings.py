@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     max_n: int = 16
     upstream_timeout_s: float = 120.0
     max_in_flight: int = Field(512, description="chat requests in progress per process before 429s")
+    max_connections: int = Field(
+        2048, ge=1, description="open connections + requests per process before uvicorn answers 503 (above max_in_flight)"
+    )
+    keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this many seconds")
+    chat_rate_per_s: float = Field(
+        0.0, ge=0, description="sustained chat requests/s per key per process; 0 = no per-key limit"
+    )
+    chat_rate_burst: int = Field(60, ge=1, description="chat requests one key may send at once (with chat_rate_per_s)")
     registry_cache_s: float = Field(1.0, description="how stale a gateway's view of the registry may be")
     ready_on_stale_table_s: float = Field(
         300.0, ge=0, description="/readyz stays ready this long on its last routing table while the database is down"
@@ -112,6 +120,10 @@ class Settings(BaseSettings):
     feedback_max_body_bytes: int = Field(16 * 1024, description="POST /v1/feedback body cap (413 above it)")
     feedback_rate_per_s: float = Field(2.0, description="sustained ratings/s per (chat key, user or session)")
     feedback_rate_burst: int = Field(30, description="ratings one (chat key, user) may post at once")
+    feedback_key_rate_per_s: float = Field(
+        0.0, ge=0, description="sustained ratings/s per chat key alone, whatever the user; 0 = no such limit"
+    )
+    feedback_key_rate_burst: int = Field(300, ge=1, description="ratings one chat key may post at once")
     feedback_rate_max_keys: int = Field(100_000, description="token buckets kept in memory (LRU beyond)")
     feedback_idempotency_ttl_s: float = Field(24 * 3600, description="in-process idempotency-key memory")
     feedback_idempotency_max_keys: int = Field(100_000, description="idempotency keys kept in memory (oldest dropped)")

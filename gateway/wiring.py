@@ -34,6 +34,7 @@ from gateway.feedback.service import FeedbackService
 from gateway.interactions import InteractionRecorder
 from gateway.routing.cache import RoutingTableCache
 from gateway.telemetry import Telemetry, configure_json_logging
+from gateway.ratelimit import TokenBucketLimiter
 from policies.registry import PolicyRegistry
 from policies.reward import load_active_scorer
 from policies.vllm_client import PolicyClient
@@ -96,6 +97,8 @@ def build_gateway(settings: Settings) -> FastAPI:
         max_tokens_cap=settings.max_tokens_cap,
         max_messages=settings.max_messages,
         max_in_flight=settings.max_in_flight,
+        key_limiter=TokenBucketLimiter(settings.chat_rate_per_s, settings.chat_rate_burst)
+        if settings.chat_rate_per_s > 0 else None,
     )
     feedback = FeedbackService.from_settings(settings, producer, signer, telemetry.metrics.registry)
     admin = AdminService(

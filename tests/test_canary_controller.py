@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -243,3 +243,25 @@ def test_force_promote_and_abort_from_the_api_and_cli(rig: Rig) -> None:
     assert "thumbs_up_rate" in promote.details["metrics"]
     assert rig.http.post("/admin/canary/nope/pause").status_code == 404
     assert httpx.get(f"{rig.url}/admin/canary").status_code == 401
+
+
+def test_the_thumbs_up_rate_counts_each_raters_latest_rating_once(database_url: str) -> None:
+    """Re-clicking thumbs down does not weigh like many raters: one rating per (response, rater), the
+    latest, as the preference export counts them (security finding: one key posing as many votes)."""
+    engine = make_engine(database_url)
+    create_schema(engine)
+    at = datetime.now(UTC)
+    version = f"v-dedupe-{at.timestamp()}"
+    events: list[Interaction | Feedback] = [
+        Interaction(response_id=f"{version}-r1", time=at, policy_version=version, candidates=[Candidate(text="a")])
+    ]
+    for i, raw in enumerate(["down", "down", "down", "up"]):  # rater a changes their mind; only "up" counts
+        events.append(Feedback.from_raw(f"{version}-r1", raw, time=at + timedelta(seconds=i), policy_version=version,
+                                        user_hash="a" * 16))  # fmt: skip
+    events.append(Feedback.from_raw(f"{version}-r1", "down", time=at, policy_version=version, user_hash="b" * 16))
+    FeedbackStore(engine).apply_batch(events)
+    try:
+        m = StoreMetrics(engine).read(version, at - timedelta(seconds=1))
+        assert (m.ratings, m.ups, m.downs) == (2, 1, 1), m
+    finally:
+        engine.dispose()

@@ -96,6 +96,16 @@ def test_chat_rate_store_roundtrip_without_pii(
         assert not any(needle in blob for blob in wire + rows), f"PII {needle!r} leaked"
 
 
+def test_a_key_posing_as_many_raters_meets_the_per_key_limit(gateway_factory: Callable[..., GatewayHandle]) -> None:
+    """FLYWHEEL_FEEDBACK_KEY_RATE_PER_S bounds a key whatever `user` it claims; another key is untouched."""
+    gw = gateway_factory("per-key", FLYWHEEL_FEEDBACK_KEY_RATE_PER_S="0.01", FLYWHEEL_FEEDBACK_KEY_RATE_BURST="3",
+                         **private_topics())  # fmt: skip
+    body = {"response_id": "resp-k", "feedback_token": mint_token("resp-k"), "rating": "down"}
+    codes = [_post(gw, {**body, "user": f"fake-{i}"}).status_code for i in range(4)]
+    assert codes == [202, 202, 202, 429], codes
+    assert _post(gw, {**body, "user": "fake-9"}, key=gw.admin_key).status_code == 202
+
+
 def test_error_codes(gateway_factory: Callable[..., GatewayHandle], consumer_for: Callable[..., ConsumerHandle]) -> None:
     """202 / 401 / 403 (forged, expired, foreign, malformed) / 422 / 413 / 429 / 409 / idempotent repeat."""
     gw = gateway_factory(

@@ -214,3 +214,18 @@ async def test_concurrency_limit_answers_429(gateway_factory) -> None:  # type: 
     assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert "flywheel_requests_in_flight 0.0" in metrics
+
+
+def test_per_key_rate_limit_answers_429_for_that_key_only(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    """FLYWHEEL_CHAT_RATE_PER_S: a key past its burst gets an OpenAI-shaped 429 with Retry-After before
+    anything reaches vLLM; another key (here the operator's) still chats."""
+    gw = gateway_factory("per-key", FLYWHEEL_CHAT_RATE_PER_S="0.05", FLYWHEEL_CHAT_RATE_BURST="2")
+    client = openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0)
+    for _ in range(2):
+        client.chat.completions.create(model="flywheel", messages=MESSAGES, max_tokens=4)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="flywheel", messages=MESSAGES, max_tokens=4)
+    assert err.value.code == "rate_limit_exceeded" and err.value.type == "rate_limit_error"
+    assert 1 <= int(err.value.response.headers["retry-after"]) <= 20
+    other = openai.OpenAI(base_url=gw.v1, api_key=gw.admin_key, max_retries=0)
+    assert other.chat.completions.create(model="flywheel", messages=MESSAGES, max_tokens=4).choices

@@ -405,7 +405,10 @@ def test_renderer_applies_the_kustomizations() -> None:
     assert "app.kubernetes.io/part-of" not in gateway["spec"]["selector"]["matchLabels"]  # selectors are immutable
     overlay_image = container(one(overlay, "Deployment", "flywheel-gateway"))["image"]
     assert overlay_image == "registry.example.com/flywheel/gateway:0.1.0"
-    assert {o["kind"] for o in overlay} - {o["kind"] for o in base} == {"KafkaTopic"}
+    assert {o["kind"] for o in overlay} - {o["kind"] for o in base} == {"KafkaTopic", "Ingress"}
+    public = [p["path"] for rule in one(overlay, "Ingress", "flywheel-public")["spec"]["rules"]
+              for p in rule["http"]["paths"]]  # fmt: skip
+    assert public == ["/v1", "/web", "/"], "only the API and the chat page are public (docs/security.md)"
     full = one(overlay, "Deployment", "flywheel-vllm-v7")
     assert "--enable-lora" not in container(full)["args"], "a full-checkpoint server serves one version"
     assert selects(one(overlay, "Service", "flywheel-vllm-v7")["spec"]["selector"],

@@ -1,9 +1,9 @@
 """The gateway's attack surface (docs/security.md): CORS closed by default and never open for /admin,
-request body and header limits with OpenAI-shaped errors, constant-time key checks without early exit,
-and no key or secret in the gateway's log.
+request body and header limits with OpenAI-shaped errors, the connection cap and keep-alive timeout,
+constant-time key checks without early exit, and no key or secret in the gateway's log.
 
 Most tests build the real app (``create_app``) in process and never reach a chat service: the limits
-and CORS answer before any route runs. The log test runs a real ``flywheel serve`` process against the
+and CORS answer before any route runs. The log and connection tests run a real ``flywheel serve`` process against the
 zero-latency stub backend (no vLLM) and the session's broker, at DEBUG, with freshly generated keys.
 """
 
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -29,6 +32,7 @@ from gateway.auth import KeyRing
 from gateway.backends import BackendPool
 from gateway.telemetry import Telemetry
 from policies.vllm_client import PolicyClient
+from tests.fixtures.broker import wait_until
 from tests.fixtures.gateway import GatewayHandle, start_gateway
 
 ORIGIN = "https://widget.example"
@@ -155,6 +159,18 @@ def stub_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
         yield start_stub(stack, tmp_path_factory.mktemp("stub"))
 
 
+def stub_gateway_env(**env: str) -> dict[str, str]:
+    """A gateway on the stub backend with no encoder in its process (no grounding, no learned safety
+    head, no best-of-n: these tests are about what the gateway does at its edges) and private topics."""
+    topic = f"sec-{uuid.uuid4().hex[:8]}"
+    return {
+        "FLYWHEEL_GROUNDING_ENABLED": "false", "FLYWHEEL_MAX_BEST_OF_N": "1",
+        "FLYWHEEL_SAFETY_INPUT_FILTERS": "pii,injection,blocklist",
+        "FLYWHEEL_TOPIC_INTERACTIONS": f"{topic}.interactions", "FLYWHEEL_TOPIC_FEEDBACK": f"{topic}.feedback",
+        "FLYWHEEL_TOPIC_DEADLETTER": f"{topic}.deadletter", **env,
+    }  # fmt: skip
+
+
 def test_no_key_or_secret_reaches_the_gateway_log(
     tmp_path: Path, stub_backend: Backend, broker: Any  # noqa: ANN401 - the session's EmbeddedBroker
 ) -> None:
@@ -162,16 +178,10 @@ def test_no_key_or_secret_reaches_the_gateway_log(
     feedback_secret = secrets.token_urlsafe(32)
     handle: GatewayHandle = start_gateway(
         tmp_path / "gw", stub_backend.url, stub_backend.model_dir, stub_backend.model, broker.bootstrap,
-        extra_env={
-            "FLYWHEEL_API_KEYS": keys["chat"], "FLYWHEEL_ADMIN_KEYS": keys["admin"],
-            "FLYWHEEL_FEEDBACK_SECRET": feedback_secret, "FLYWHEEL_LOG_LEVEL": "DEBUG",
-            # No encoder in this process: what is tested is what the gateway writes, not what it embeds.
-            "FLYWHEEL_GROUNDING_ENABLED": "false", "FLYWHEEL_MAX_BEST_OF_N": "1",
-            "FLYWHEEL_SAFETY_INPUT_FILTERS": "pii,injection,blocklist",
-            "FLYWHEEL_TOPIC_INTERACTIONS": f"sec-{uuid.uuid4().hex[:8]}.interactions",
-            "FLYWHEEL_TOPIC_FEEDBACK": f"sec-{uuid.uuid4().hex[:8]}.feedback",
-            "FLYWHEEL_TOPIC_DEADLETTER": f"sec-{uuid.uuid4().hex[:8]}.deadletter",
-        },
+        extra_env=stub_gateway_env(
+            FLYWHEEL_API_KEYS=keys["chat"], FLYWHEEL_ADMIN_KEYS=keys["admin"],
+            FLYWHEEL_FEEDBACK_SECRET=feedback_secret, FLYWHEEL_LOG_LEVEL="DEBUG",
+        ),
     )  # fmt: skip
     tokens: list[str] = []
     try:
@@ -210,3 +220,34 @@ def test_no_key_or_secret_reaches_the_gateway_log(
     assert feedback_secret not in log
     for token in tokens:
         assert token.rsplit(".", 1)[-1] not in log, "a feedback token's MAC is in the gateway log"
+
+
+# --- connection limits (a real gateway process) -----------------------------------------------------
+def test_connections_past_the_cap_get_a_503_and_idle_keep_alive_connections_are_closed(
+    tmp_path: Path, stub_backend: Backend, broker: Any  # noqa: ANN401 - the session's EmbeddedBroker
+) -> None:
+    """FLYWHEEL_MAX_CONNECTIONS: with that many connections open, the next request gets uvicorn's 503
+    (before any app code, so plain text) and the gateway serves again once they close;
+    FLYWHEEL_KEEP_ALIVE_S: an idle keep-alive connection is closed by the gateway."""
+    handle = start_gateway(tmp_path / "gw", stub_backend.url, stub_backend.model_dir, stub_backend.model,
+                           broker.bootstrap, extra_env=stub_gateway_env(FLYWHEEL_MAX_CONNECTIONS="3",
+                                                                        FLYWHEEL_KEEP_ALIVE_S="1"))  # fmt: skip
+    address = (urlsplit(handle.url).hostname or "", urlsplit(handle.url).port or 0)
+    try:
+        held = [socket.create_connection(address, timeout=5) for _ in range(3)]
+        time.sleep(0.3)  # the gateway's loop has accepted them
+        shed = httpx.get(f"{handle.url}/healthz", timeout=10)
+        assert shed.status_code == 503, shed.text
+        for sock in held:
+            sock.close()
+        wait_until(lambda: httpx.get(f"{handle.url}/healthz", timeout=10).status_code == 200, 10, "the gateway to serve again")
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            first = sock.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200"), first[:80]
+            began = time.monotonic()
+            while sock.recv(65536):  # b"" once the gateway closes the idle connection
+                pass
+            assert time.monotonic() - began < 5
+    finally:
+        handle.process.stop()

@@ -1,7 +1,8 @@
 """Per-version metrics over a window (since a canary step started), from the store and the gateways.
 
-From the feedback store (SQL through SQLAlchemy, SQLite or PostgreSQL): ratings (up = rating > 0,
-down = rating < 0; a neutral 0 counts as a rating but neither), mean reward of served answers (the
+From the feedback store (SQL through SQLAlchemy, SQLite or PostgreSQL): ratings, the latest per
+(response, rater) as in the preference export (up = rating > 0, down = rating < 0; a neutral 0 counts
+as a rating but neither), mean reward of served answers (the
 chosen candidate's reward, when best-of-n scored it), safety-block rate (interactions with any
 stage whose action was ``block``), p99 latency (``latency_ms``). ``rating_series`` buckets the ratings
 over time for the operator dashboard (``GET /admin/metrics``).
@@ -18,6 +19,7 @@ so without gateway URLs the error rate is ``unavailable`` and not judged.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -93,6 +95,16 @@ def p99(values: list[float]) -> float | None:
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+def latest_per_rater(rows: Iterable[tuple[str, str | None, float]]) -> list[float]:
+    """One rating per (response, rater): the last of ``(response_id, user_hash, rating)`` rows in time
+    order, as the preference export counts them. A rater who re-clicks thumbs down ten times weighs
+    like one rater in the canary's thumbs-up rate, not ten."""
+    latest: dict[tuple[str, str | None], float] = {}
+    for response_id, user_hash, rating in rows:
+        latest[(response_id, user_hash)] = rating
+    return list(latest.values())
+
+
 def _blocked(safety: list[dict[str, Any]] | None) -> bool:
     return any(isinstance(stage, dict) and stage.get("action") == "block" for stage in safety or [])
 
@@ -112,14 +124,17 @@ class StoreMetrics:
 
     def read(self, version_id: str, since: datetime, counters: tuple[int, int] | None = None) -> VersionMetrics:
         with self._sessions() as session:
-            ratings = list(session.scalars(
-                select(FeedbackRow.rating).where(FeedbackRow.policy_version == version_id, FeedbackRow.time >= since)
-            ))  # fmt: skip
+            rated = session.execute(
+                select(FeedbackRow.response_id, FeedbackRow.user_hash, FeedbackRow.rating)
+                .where(FeedbackRow.policy_version == version_id, FeedbackRow.time >= since)
+                .order_by(FeedbackRow.time, FeedbackRow.id)
+            ).all()  # fmt: skip
             rows = session.execute(
                 select(InteractionRow.candidates, InteractionRow.chosen_index, InteractionRow.safety,
                        InteractionRow.latency_ms)
                 .where(InteractionRow.policy_version == version_id, InteractionRow.time >= since)
             ).all()  # fmt: skip
+        ratings = latest_per_rater(rated)
         rewards = [r for r in (_chosen_reward(c, i) for c, i, _, _ in rows) if r is not None]
         latencies = [float(ms) for _, _, _, ms in rows if ms is not None]
         mean = sum(rewards) / len(rewards) if rewards else None

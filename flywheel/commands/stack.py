@@ -49,4 +49,8 @@ def serve(
     except PortInUseError as exc:
         _fail(str(exc))
     app = build_gateway(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    # The connection cap is uvicorn's own (it counts connections and running requests and answers a plain
+    # 503 before any app code runs); it sits above FLYWHEEL_MAX_IN_FLIGHT so that chat clients meet the
+    # OpenAI-shaped 429 first and only a flood of connections meets the 503.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s)  # fmt: skip

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
+from gateway.auth import Principal
 from gateway.chat.protocol import ChatCompletionRequest
 from gateway.chat.service import ChatService
 
@@ -24,8 +25,8 @@ _BODY_SCHEMA = ChatCompletionRequest.model_json_schema(ref_template="#/component
 CHAT_SCHEMA_COMPONENTS: dict = _BODY_SCHEMA.pop("$defs", {})
 
 
-def _authorize(request: Request) -> None:
-    request.app.state.keyring.authorize_chat(request.headers.get("authorization"))
+def _authorize(request: Request) -> Principal:
+    return request.app.state.keyring.authorize_chat(request.headers.get("authorization"))
 
 
 def build_chat_router(service: ChatService) -> APIRouter:
@@ -38,11 +39,12 @@ def build_chat_router(service: ChatService) -> APIRouter:
         },
     )
     async def chat_completions(request: Request) -> Response:
-        _authorize(request)
+        principal = _authorize(request)
         try:
             body = ChatCompletionRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
+        service.limit_key(principal.actor)
         sticky_key = body.user or request.headers.get(SESSION_HEADER)
         if body.stream:
             stream = await service.open_stream(body, sticky_key)

@@ -24,6 +24,7 @@ from gateway.chat.streaming import DONE, StreamState, relay, replay, sse
 from gateway.chat.upstream import Upstream, map_policy_error
 from gateway.errors import BadRequest, NotFound, RateLimited
 from gateway.interactions import InteractionFacts, InteractionRecorder
+from gateway.ratelimit import TokenBucketLimiter
 from gateway.routing.cache import RoutingTableCache
 from gateway.routing.split import pick
 from gateway.telemetry import Telemetry
@@ -60,6 +61,7 @@ class ChatService:
         max_tokens_cap: int,
         max_messages: int,
         max_in_flight: int,
+        key_limiter: TokenBucketLimiter | None = None,
     ) -> None:
         self.routes = routes
         self.upstream = upstream
@@ -71,6 +73,7 @@ class ChatService:
         self.max_tokens_cap = max_tokens_cap
         self.max_messages = max_messages
         self.max_in_flight = max_in_flight
+        self.key_limiter = key_limiter
         self._in_flight = 0
 
     # --- admission, limits, routing ---------------------------------------------------------
@@ -82,6 +85,18 @@ class ChatService:
                               code="concurrency_limit", headers={"Retry-After": "1"})  # fmt: skip
         self._in_flight += 1
         self.telemetry.metrics.in_flight.set(self._in_flight)
+
+    def limit_key(self, actor: str) -> None:
+        """Per-key request rate (``FLYWHEEL_CHAT_RATE_PER_S``): one key cannot take the whole
+        in-flight budget from the others. Checked once the body has parsed."""
+        if self.key_limiter is None:
+            return
+        wait_s = self.key_limiter.acquire(actor)
+        if wait_s > 0:
+            self.telemetry.metrics.requests.labels("none", "429").inc()
+            retry_after = str(max(1, int(wait_s + 0.999)))
+            raise RateLimited(f"too many requests for this key; retry in {retry_after}s",
+                              code="rate_limit_exceeded", headers={"Retry-After": retry_after})  # fmt: skip
 
     def _release(self) -> None:
         self._in_flight -= 1

@@ -28,7 +28,7 @@ from gateway.auth import Principal
 from gateway.errors import Conflict, Forbidden, RateLimited, ServiceUnavailable
 from gateway.feedback.idempotency import IdempotencyCache, IdempotencyConflict, keyed_event_id
 from gateway.feedback.protocol import FeedbackAccepted, FeedbackRequest
-from gateway.feedback.ratelimit import TokenBucketLimiter
+from gateway.ratelimit import TokenBucketLimiter
 
 __all__ = ["DurableSink", "FeedbackService", "Submitted"]
 
@@ -65,11 +65,13 @@ class FeedbackService:
         limiter: TokenBucketLimiter,
         idempotency: IdempotencyCache,
         registry: CollectorRegistry | None = None,
+        key_limiter: TokenBucketLimiter | None = None,
     ) -> None:
         self._sink = sink
         self._signer = signer
         self._salt = user_salt
         self._limiter = limiter
+        self._key_limiter = key_limiter  # per key alone: one key posing as many raters (docs/security.md)
         self._idem = idempotency
         self._outcomes = Counter(
             "flywheel_feedback_requests", "POST /v1/feedback by outcome", ["outcome"],
@@ -84,9 +86,11 @@ class FeedbackService:
             settings.feedback_rate_per_s, settings.feedback_rate_burst, settings.feedback_rate_max_keys
         )
         idempotency = IdempotencyCache(settings.feedback_idempotency_ttl_s, settings.feedback_idempotency_max_keys)
+        per_key = settings.feedback_key_rate_per_s
         return cls(
             sink, signer, user_salt=settings.user_hash_salt, limiter=limiter, idempotency=idempotency,
             registry=registry,
+            key_limiter=TokenBucketLimiter(per_key, settings.feedback_key_rate_burst) if per_key > 0 else None,
         )  # fmt: skip
 
     async def submit(self, req: FeedbackRequest, principal: Principal, session_id: str | None) -> Submitted:
@@ -104,7 +108,9 @@ class FeedbackService:
                 return Submitted(FeedbackAccepted(event_id=event_id, response_id=req.response_id), True)
         rater = req.user or session_id
         try:
-            self._rate_limit(f"{principal.actor}|{rater or ''}")
+            if self._key_limiter is not None:
+                self._rate_limit(self._key_limiter, principal.actor)
+            self._rate_limit(self._limiter, f"{principal.actor}|{rater or ''}")
             event = self._event(req, claims, rater or principal.actor)
             await self._send(event)
         except BaseException as exc:
@@ -125,8 +131,8 @@ class FeedbackService:
             raise Forbidden(f"invalid feedback_token: {exc.reason}", param="feedback_token",
                             code="invalid_feedback_token") from None  # fmt: skip
 
-    def _rate_limit(self, bucket: str) -> None:
-        wait_s = self._limiter.acquire(bucket)
+    def _rate_limit(self, limiter: TokenBucketLimiter, bucket: str) -> None:
+        wait_s = limiter.acquire(bucket)
         if wait_s > 0:
             self._outcomes.labels("rate_limited").inc()
             retry_after = str(max(1, int(wait_s + 0.999)))

@@ -1,9 +1,12 @@
-"""Per-rater token buckets: a burst of ratings is fine, a flood from one key + user is a 429.
+"""Per-caller token buckets: a burst is fine, a flood from one caller is a 429.
 
-In-process and per gateway process on purpose: the limit protects this process's broker path and
-makes data poisoning slow; the export's per-user cap is what bounds any one user's influence on a
-dataset, however many gateways they spread ratings over. Buckets live in an LRU dict so that a
-stream of distinct keys costs bounded memory (an evicted bucket just starts full again).
+Used twice: per (chat key, user or session) for ratings (``gateway/feedback``) and per chat key for
+chat completions (``gateway/chat``). In-process and per gateway process on purpose: the limit protects
+this process's vLLM and broker paths and makes data poisoning slow; the export's per-user cap is what
+bounds any one user's influence on a dataset, however many gateways they spread ratings over. Buckets
+live in an LRU dict so that a stream of distinct keys costs bounded memory (an evicted bucket just
+starts full again). Hand-written (40 lines) because the libraries for this (``limits``, ``slowapi``)
+are synchronous or storage-backed and add a lock or a round trip to the chat hot path.
 """
 
 from __future__ import annotations
