@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["TokenBucketLimiter"]
+__all__ = ["TokenBucketLimiter", "retry_after"]
 
 
 @dataclass
@@ -59,3 +59,8 @@ class TokenBucketLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+def retry_after(wait_s: float) -> str:
+    """A ``Retry-After`` value: whole seconds, rounded up, at least 1."""
+    return str(max(1, int(wait_s + 0.999)))

@@ -24,7 +24,7 @@ from gateway.chat.streaming import DONE, StreamState, relay, replay, sse
 from gateway.chat.upstream import Upstream, map_policy_error
 from gateway.errors import BadRequest, NotFound, RateLimited
 from gateway.interactions import InteractionFacts, InteractionRecorder
-from gateway.ratelimit import TokenBucketLimiter
+from gateway.ratelimit import TokenBucketLimiter, retry_after
 from gateway.routing.cache import RoutingTableCache
 from gateway.routing.split import pick
 from gateway.telemetry import Telemetry
@@ -94,9 +94,9 @@ class ChatService:
         wait_s = self.key_limiter.acquire(actor)
         if wait_s > 0:
             self.telemetry.metrics.requests.labels("none", "429").inc()
-            retry_after = str(max(1, int(wait_s + 0.999)))
-            raise RateLimited(f"too many requests for this key; retry in {retry_after}s",
-                              code="rate_limit_exceeded", headers={"Retry-After": retry_after})  # fmt: skip
+            seconds = retry_after(wait_s)
+            raise RateLimited(f"too many requests for this key; retry in {seconds}s",
+                              code="rate_limit_exceeded", headers={"Retry-After": seconds})  # fmt: skip
 
     def _release(self) -> None:
         self._in_flight -= 1

@@ -28,7 +28,7 @@ from gateway.auth import Principal
 from gateway.errors import Conflict, Forbidden, RateLimited, ServiceUnavailable
 from gateway.feedback.idempotency import IdempotencyCache, IdempotencyConflict, keyed_event_id
 from gateway.feedback.protocol import FeedbackAccepted, FeedbackRequest
-from gateway.ratelimit import TokenBucketLimiter
+from gateway.ratelimit import TokenBucketLimiter, retry_after
 
 __all__ = ["DurableSink", "FeedbackService", "Submitted"]
 
@@ -135,10 +135,10 @@ class FeedbackService:
         wait_s = limiter.acquire(bucket)
         if wait_s > 0:
             self._outcomes.labels("rate_limited").inc()
-            retry_after = str(max(1, int(wait_s + 0.999)))
+            seconds = retry_after(wait_s)
             raise RateLimited(
-                f"too many ratings; retry in {retry_after}s", code="rate_limit_exceeded",
-                headers={"Retry-After": retry_after},
+                f"too many ratings; retry in {seconds}s", code="rate_limit_exceeded",
+                headers={"Retry-After": seconds},
             )  # fmt: skip
 
     def _event(self, req: FeedbackRequest, claims: TokenClaims, rater: str) -> Feedback:
