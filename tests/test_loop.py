@@ -29,6 +29,42 @@ from tests.fixtures.gateway import GatewayHandle
 pytestmark = [pytest.mark.vllm, pytest.mark.broker]
 
 
+# The default preference with every thumb flipped: the same rules, each negated, at a threshold that an
+# answer meets exactly when the default's is missed (negated scores are 1 - score; scores are multiples
+# of 1/6 or 1/4, so "score < 0.6" is "1 - score >= 0.5"). The pairs it yields are the default's, reversed.
+ANTI_DEFAULT = """
+name = "anti-default"
+description = "the default preference, every thumb flipped"
+[rating]
+threshold = 0.5
+noise = 0.05
+rating_probability = 0.7
+adversarial_fraction = 0.05
+[[rules]]
+name = "no_citation"
+kind = "citation"
+negate = true
+weight = 2.0
+[[rules]]
+name = "wrong_fact"
+kind = "fact"
+match = "all"
+negate = true
+weight = 2.0
+[[rules]]
+name = "long"
+kind = "length"
+max_words = 40
+negate = true
+weight = 1.0
+[[rules]]
+name = "curt"
+kind = "politeness"
+negate = true
+weight = 1.0
+"""
+
+
 def _stack(gateway_factory: Callable[..., GatewayHandle], consumer_for: Callable[..., ConsumerHandle], name: str,
            **env: str) -> GatewayHandle:  # fmt: skip
     topics = {f"FLYWHEEL_TOPIC_{t}": f"loop-{name}-{t.lower()}" for t in ("INTERACTIONS", "FEEDBACK", "DEADLETTER")}
@@ -81,23 +117,31 @@ def test_a_better_canary_is_promoted_and_the_report_shows_it(gateway_factory, co
 
 
 def test_a_canary_trained_on_reversed_pairs_is_rolled_back_despite_adversarial_raters(
-    gateway_factory, consumer_for, seed_model_dir: Path  # type: ignore[no-untyped-def]
+    gateway_factory, consumer_for, seed_model_dir: Path, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    """Training data rated by the reversed preference; live users keep the default one, 10 % of them
-    adversarial. Its gates (which judge by the reversed taste it was trained on) are off, as in the
-    test above, so the live rollout decides: the canary is rolled back on live thumbs; stable keeps serving throughout. Three times the data, twice the learning rate and one
-    more epoch than the default round, so that the canary learns the reversed taste decisively on any
-    CPU's float kernels: with less, it sometimes stayed as good as the seed and was (rightly) promoted
-    or left undecided."""
+    """Training data rated by the reverse of the default taste; live users keep the default one, 10 % of
+    them adversarial. Its gates (which judge by the reversed taste it was trained on) are off, as in
+    the test above, so the live rollout decides: the canary is rolled back on live thumbs; stable keeps
+    serving throughout.
+
+    The collecting users flip every default thumb, so the pairs are exactly the default's, reversed, and
+    the canary unlearns what the better-canary test learns, at 5x its learning rate and 4 epochs: at
+    2e-3 the reversed canary stayed as good as the seed for default users (undecided at 126 and at 250
+    ratings). Checked with bf16 and fp32 fixture builds. The shipped reversed.toml is a different
+    taste (its thumbs up needs no citation *and* a wrong fact, which the seed rarely writes); trained
+    on it, a canary in a loaded full-suite run was as good as the seed for default users and was
+    rightly promoted."""
+    collect = tmp_path / "anti-default.toml"
+    collect.write_text(ANTI_DEFAULT)
     gw = _stack(gateway_factory, consumer_for, "reversed")
     default = load_preference(preset_path("default"))
     users = replace(default, rating=replace(default.rating, adversarial_fraction=0.1))
     settings = Settings(var_dir=gw.var_dir, database_url=gw.database_url, seed_model_path=seed_model_dir)
-    config = LoopConfig(url=gw.url, chat_key=gw.api_key, admin_key=gw.admin_key, interactions_per_round=480,
+    config = LoopConfig(url=gw.url, chat_key=gw.api_key, admin_key=gw.admin_key, interactions_per_round=320,
                         question_pool=16, rollout_batch=60, max_rollout_interactions=900, eval_interactions=0,
                         users=40, plan=loop_plan(min_ratings=20), min_win_rate=0.0, min_human_accuracy=0.0,
-                        dpo_learning_rate=2e-3, dpo_epochs=4.0)  # fmt: skip
-    loop = Loop(config, settings, users, collect_preference=load_preference(preset_path("reversed")))
+                        dpo_learning_rate=5e-3, dpo_epochs=4.0)  # fmt: skip
+    loop = Loop(config, settings, users, collect_preference=load_preference(collect))
     try:
         record = loop.run(gw.var_dir / "loop")
     finally:

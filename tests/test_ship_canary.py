@@ -43,8 +43,11 @@ def test_shipped_adapter_serves_through_the_gateway_as_a_canary(gateway_factory,
     client = openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0)
 
     def ask(question: str, model: str = "flywheel", user: str | None = None):  # type: ignore[no-untyped-def]
+        # Ungrounded: the adapter was trained on bare questions, and greedy decoding under a "Sources:" system
+        # message it never saw kept the seed's answers on some CPUs' float kernels.
         return client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                              max_tokens=32, temperature=0, user=user)
+                                              max_tokens=32, temperature=0, user=user,
+                                              extra_body={"grounding": False})  # fmt: skip
 
     canary = [ask(q, model=version["id"]) for q in QUESTIONS]
     assert {r.model_extra["flywheel"]["policy_version"] for r in canary} == {version["id"]}
