@@ -83,6 +83,14 @@ def _state(row: PolicyVersionRow) -> dict[str, Any]:
     return {"status": row.status, "weight": row.weight}
 
 
+def adapter_name(version_id: str, artifact_sha256: str) -> str:
+    """The name a LoRA version is loaded under in vLLM: its id *and* its weights' hash. Ids restart at
+    v1 in a fresh registry while a long-lived vLLM keeps its adapters; with the id alone, a new v1 met
+    "already loaded" and silently served the old v1's weights (seen when test gateways with their own
+    databases shared one vLLM). The same artifact re-registered under the same id reuses its slot."""
+    return f"flywheel-{version_id}-{artifact_sha256[:12]}"
+
+
 class PolicyRegistry:
     """Versions and their routing state, persisted through SQLAlchemy (tables created on first use)."""
 
@@ -194,7 +202,7 @@ class PolicyRegistry:
             row = PolicyVersionRow(
                 id=vid, seq=seq, parent=parent, kind=kind, artifact_path=str(resolved),
                 artifact_sha256=sha, endpoint=endpoint,
-                served_model_name=f"flywheel-{vid}" if kind == "lora" else (served_model_name or given),
+                served_model_name=adapter_name(vid, sha) if kind == "lora" else (served_model_name or given),
                 created_at=utcnow(), status="canary", weight=0.0, notes=notes, metrics={},
             )
             session.add(row)

@@ -127,10 +127,7 @@ def test_a_canary_trained_on_reversed_pairs_is_rolled_back_despite_adversarial_r
     The collecting users flip every default thumb, so the pairs are exactly the default's, reversed, and
     the canary unlearns what the better-canary test learns, at 5x its learning rate and 4 epochs: at
     2e-3 the reversed canary stayed as good as the seed for default users (undecided at 126 and at 250
-    ratings). Checked with bf16 and fp32 fixture builds. The shipped reversed.toml is a different
-    taste (its thumbs up needs no citation *and* a wrong fact, which the seed rarely writes); trained
-    on it, a canary in a loaded full-suite run was as good as the seed for default users and was
-    rightly promoted."""
+    ratings). Checked with bf16 and fp32 fixture builds."""
     collect = tmp_path / "anti-default.toml"
     collect.write_text(ANTI_DEFAULT)
     gw = _stack(gateway_factory, consumer_for, "reversed")
