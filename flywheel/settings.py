@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         2048, ge=1, description="open connections + requests per process before uvicorn answers 503 (above max_in_flight)"
     )
     keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this many seconds")
+    request_read_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers and body must arrive within this many seconds, else a 408"
+    )
     chat_rate_per_s: float = Field(
         0.0, ge=0, description="sustained chat requests/s per key per process; 0 = no per-key limit"
     )

@@ -228,10 +228,12 @@ def test_connections_past_the_cap_get_a_503_and_idle_keep_alive_connections_are_
 ) -> None:
     """FLYWHEEL_MAX_CONNECTIONS: with that many connections open, the next request gets uvicorn's 503
     (before any app code, so plain text) and the gateway serves again once they close;
-    FLYWHEEL_KEEP_ALIVE_S: an idle keep-alive connection is closed by the gateway."""
+    FLYWHEEL_KEEP_ALIVE_S: an idle keep-alive connection is closed by the gateway;
+    FLYWHEEL_REQUEST_READ_TIMEOUT_S: a connection that sends nothing gets a 408 and is closed (the
+    deadline itself is tested in test_http_protocol; this shows `flywheel serve` uses it)."""
+    env = stub_gateway_env(FLYWHEEL_MAX_CONNECTIONS="3", FLYWHEEL_KEEP_ALIVE_S="1", FLYWHEEL_REQUEST_READ_TIMEOUT_S="2")
     handle = start_gateway(tmp_path / "gw", stub_backend.url, stub_backend.model_dir, stub_backend.model,
-                           broker.bootstrap, extra_env=stub_gateway_env(FLYWHEEL_MAX_CONNECTIONS="3",
-                                                                        FLYWHEEL_KEEP_ALIVE_S="1"))  # fmt: skip
+                           broker.bootstrap, extra_env=env)  # fmt: skip
     address = (urlsplit(handle.url).hostname or "", urlsplit(handle.url).port or 0)
     try:
         held = [socket.create_connection(address, timeout=5) for _ in range(3)]
@@ -249,5 +251,11 @@ def test_connections_past_the_cap_get_a_503_and_idle_keep_alive_connections_are_
             while sock.recv(65536):  # b"" once the gateway closes the idle connection
                 pass
             assert time.monotonic() - began < 5
+        with socket.create_connection(address, timeout=10) as sock:
+            began, said = time.monotonic(), b""
+            while chunk := sock.recv(65536):
+                said += chunk
+            assert said.startswith(b"HTTP/1.1 408 "), said[:80]
+            assert 1.5 < time.monotonic() - began < 6
     finally:
         handle.process.stop()

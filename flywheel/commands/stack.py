@@ -40,6 +40,7 @@ def serve(
     import uvicorn
 
     from flywheel.procs import PortInUseError, ensure_port_free
+    from gateway.http_protocol import protocol_with_read_timeout
     from gateway.wiring import build_gateway
 
     overrides = {k: v for k, v in {"port": port, "host": host}.items() if v is not None}
@@ -51,6 +52,8 @@ def serve(
     app = build_gateway(settings)
     # The connection cap is uvicorn's own (it counts connections and running requests and answers a plain
     # 503 before any app code runs); it sits above FLYWHEEL_MAX_IN_FLIGHT so that chat clients meet the
-    # OpenAI-shaped 429 first and only a flood of connections meets the 503.
+    # OpenAI-shaped 429 first and only a flood of connections meets the 503. A request that arrives too
+    # slowly (slowloris) meets a 408 (gateway.http_protocol).
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s)  # fmt: skip
+                limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s,
+                http=protocol_with_read_timeout(settings.request_read_timeout_s))  # fmt: skip
