@@ -7,8 +7,9 @@ chosen candidate's reward, when best-of-n scored it), safety-block rate (interac
 stage whose action was ``block``), p99 latency (``latency_ms``). ``rating_series`` buckets the ratings
 over time for the operator dashboard (``GET /admin/metrics``).
 
-Error rate comes from the gateways' Prometheus ``/metrics`` (``canary_gateway_metrics_urls``, summed
-over processes): a version's attempts are ``flywheel_requests_total`` plus
+Error rate comes from the gateways' Prometheus ``/metrics`` (``canary_gateway_metrics_urls``: fixed
+URLs, or ``dns+`` names standing for every pod of a headless Service; combined over processes by
+:class:`GatewayCounters`): a version's attempts are ``flywheel_requests_total`` plus
 ``flywheel_canary_fallbacks_total`` (a failed canary call is retried on stable and counted there),
 its failures ``flywheel_errors_total``. Counters are cumulative per process, so the controller keeps
 a baseline per step and uses the difference (a counter below its baseline means the process restarted:
@@ -28,6 +29,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
 
+from deploy.canary.targets import expand
 from feedback.store_models import FeedbackRow, InteractionRow
 from flywheel.db import session_factory
 from policies.registry_models import aware
@@ -171,34 +173,63 @@ class StoreMetrics:
 
 
 class GatewayCounters:
-    """Request and error counters per version, summed over the gateways' ``/metrics`` pages."""
+    """Request and error counters per version over the gateways' ``/metrics`` pages, as one cumulative
+    counter that never goes backwards while the set of gateway processes changes.
+
+    ``urls`` are fixed URLs or ``dns+http://name:port/metrics`` names that stand for every pod behind a
+    headless Service (:mod:`deploy.canary.targets`), re-resolved on every read. Each process's counters
+    are cumulative since *it* started, so a plain sum drops when a pod goes away and jumps when one
+    arrives. Instead each read adds, per target, what its counters grew by since this object last read
+    it (all of it for a target seen for the first time; its current value when it is below the last
+    one, i.e. it restarted). A pod that leaves keeps what it contributed, and a target that cannot be
+    read this time is skipped and caught up with on the next read. What a pod counted between its last
+    read and its end is lost, so keep reads frequent (the controller reads every analysis).
+    """
 
     def __init__(self, urls: list[str], timeout_s: float = 5.0) -> None:
         self.urls = urls
         self.timeout_s = timeout_s
+        self._last: dict[str, Counters] = {}  # per target URL: its counters at the last read
+        self._totals: Counters = {}
 
     @property
     def enabled(self) -> bool:
         return bool(self.urls)
 
     def read(self) -> Counters | None:
-        """Cumulative counters, or None when unconfigured or any gateway is unreachable (a partial
-        sum would look like a counter reset)."""
+        """Cumulative counters; None when unconfigured or when no target could be read at all."""
         if not self.urls:
             return None
+        read_any = False
+        for target in expand(self.urls):
+            current = self._scrape(target)
+            if current is None:
+                continue
+            read_any = True
+            last = self._last.get(target, {})
+            for version, values in current.items():
+                before = last.get(version, [0.0, 0.0])
+                total = self._totals.setdefault(version, [0.0, 0.0])
+                for slot in (0, 1):
+                    total[slot] += values[slot] - before[slot] if values[slot] >= before[slot] else values[slot]
+            self._last[target] = current
+        if not read_any:
+            return None
+        return {version: list(values) for version, values in self._totals.items()}
+
+    def _scrape(self, url: str) -> Counters | None:
         totals: Counters = {}
         try:
-            for url in self.urls:
-                text = httpx.get(url, timeout=self.timeout_s).raise_for_status().text
-                for family in text_string_to_metric_families(text):
-                    for sample in family.samples:
-                        slot = {"flywheel_requests_total": 0, "flywheel_canary_fallbacks_total": 0,
-                                "flywheel_errors_total": 1}.get(sample.name)  # fmt: skip
-                        version = sample.labels.get("policy_version")
-                        if slot is not None and version:
-                            totals.setdefault(version, [0.0, 0.0])[slot] += sample.value
+            text = httpx.get(url, timeout=self.timeout_s).raise_for_status().text
         except httpx.HTTPError:
             return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                slot = {"flywheel_requests_total": 0, "flywheel_canary_fallbacks_total": 0,
+                        "flywheel_errors_total": 1}.get(sample.name)  # fmt: skip
+                version = sample.labels.get("policy_version")
+                if slot is not None and version:
+                    totals.setdefault(version, [0.0, 0.0])[slot] += sample.value
         return totals
 
 
