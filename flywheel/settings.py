@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     vllm_startup_timeout_s: float = 300.0
     vllm_max_loras: int = Field(16, description="LoRA slots; adapters loaded over the server lifetime must stay below it (CPU LoRA bug)")
     vllm_max_lora_rank: int = 64
+    vllm_lora_resolver_dir: Path | None = Field(
+        None,
+        description="a directory every stable vLLM replica reads as VLLM_LORA_RESOLVER_CACHE_DIR; set, adapters are "
+        "published there (each replica loads them on first use) instead of loaded into one server",
+    )
     vllm_max_model_len: int = 1024
     vllm_kv_cache_gb: int = 1
     seed_model_name: str = Field("seed", description="served model name of the seed policy in vLLM")

@@ -21,7 +21,7 @@ from flywheel.db import create_schema, make_engine
 from flywheel.settings import Settings
 from gateway.admin.canary_service import CanaryService
 from gateway.admin.metrics_service import MetricsService
-from gateway.admin.service import AdminService
+from gateway.admin.service import AdapterLoader, AdminService
 from gateway.app import create_app
 from gateway.backends import BackendPool
 from gateway.chat.pipeline import RequestPipeline
@@ -35,6 +35,7 @@ from gateway.interactions import InteractionRecorder
 from gateway.routing.cache import RoutingTableCache
 from gateway.telemetry import Telemetry, configure_json_logging
 from gateway.ratelimit import TokenBucketLimiter
+from policies.lora_directory import DirectoryAdapterLoader
 from policies.registry import PolicyRegistry
 from policies.reward import load_active_scorer
 from policies.vllm_client import PolicyClient
@@ -101,8 +102,14 @@ def build_gateway(settings: Settings) -> FastAPI:
         if settings.chat_rate_per_s > 0 else None,
     )
     feedback = FeedbackService.from_settings(settings, producer, signer, telemetry.metrics.registry)
+    # One stable vLLM server: load adapters through its API. Several replicas: publish them to the
+    # directory their filesystem LoRA resolver reads, so that every replica serves every canary.
+    loader: AdapterLoader = (
+        DirectoryAdapterLoader(default_client, settings.vllm_lora_resolver_dir, max_adapters=max_adapters)
+        if settings.vllm_lora_resolver_dir is not None else default_client
+    )  # fmt: skip
     admin = AdminService(
-        registry, default_client, max_loaded_adapters=max_adapters,
+        registry, loader, max_loaded_adapters=max_adapters,
         unload_grace_s=settings.adapter_unload_grace_s,
         on_change=routes.invalidate, max_best_of_n=settings.max_best_of_n,
     )

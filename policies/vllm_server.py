@@ -65,12 +65,15 @@ class VLLMServerConfig:
     kv_cache_gb: int = 1
     var_dir: Path = Path("var")
     startup_timeout_s: float = 300.0
+    lora_resolver_dir: Path | None = None  # vLLM's filesystem LoRA resolver (policies/lora_directory.py)
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir)
         self.var_dir = Path(self.var_dir)
+        if self.lora_resolver_dir is not None:
+            self.lora_resolver_dir = Path(self.lora_resolver_dir)
         if self.enable_lora and self.max_loras < 2:
             raise ValueError(
                 f"max_loras={self.max_loras} leaves no slot for an adapter: the CPU LoRA bug needs "
@@ -91,6 +94,7 @@ class VLLMServerConfig:
             kv_cache_gb=settings.vllm_kv_cache_gb,
             var_dir=settings.var_dir,
             startup_timeout_s=settings.vllm_startup_timeout_s,
+            lora_resolver_dir=settings.vllm_lora_resolver_dir,
         )
 
     @property
@@ -155,6 +159,9 @@ class VLLMServerConfig:
             VLLM_RPC_BASE_PATH=self._tmp_dir(cache / "tmp"),
             VLLM_ALLOW_RUNTIME_LORA_UPDATING="True" if self.enable_lora else "False",
         )
+        if self.enable_lora and self.lora_resolver_dir is not None:
+            self.lora_resolver_dir.mkdir(parents=True, exist_ok=True)  # the plugin refuses a missing dir
+            env["VLLM_LORA_RESOLVER_CACHE_DIR"] = str(self.lora_resolver_dir.resolve())
         env.update(self.extra_env)
         return env
 
