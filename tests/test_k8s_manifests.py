@@ -20,6 +20,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -295,6 +296,16 @@ def check_controller(objects: list[Obj]) -> None:
     url = args[args.index("--url") + 1]
     service = one(objects, "Service", "flywheel-gateway")
     assert url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    # Error rates: every gateway pod's /metrics, through a headless Service that selects them all.
+    metrics_urls = settings_map(objects)["FLYWHEEL_CANARY_GATEWAY_METRICS_URLS"].split(",")
+    gateway = one(objects, "Deployment", "flywheel-gateway")
+    for metrics_url in metrics_urls:
+        parts = urlsplit(metrics_url)
+        assert parts.scheme == "dns+http" and parts.path == "/metrics", f"{metrics_url}: one URL per pod needs dns+"
+        pods = one(objects, "Service", parts.hostname or "")
+        assert pods["spec"].get("clusterIP") == "None", f"{pods['metadata']['name']} must be headless"
+        assert selects(pods["spec"]["selector"], gateway["spec"]["template"]["metadata"]["labels"])
+        assert parts.port == pods["spec"]["ports"][0]["port"]
 
 
 def check_consumer(objects: list[Obj]) -> None:
@@ -324,7 +335,9 @@ def check_vllm(objects: list[Obj]) -> None:
     assert flag(args, "--served-model-name") == settings["FLYWHEEL_SEED_MODEL_NAME"]
     assert args[0] == settings["FLYWHEEL_SEED_MODEL_PATH"], "vLLM must serve the seed the registry hashes"
     assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in c["env"]
-    assert vllm["spec"]["replicas"] == 1, "runtime LoRA loads reach one pod (docs/scaling.md)"
+    # Several replicas serve canaries only through the shared resolver directory (policies/lora_directory.py).
+    resolver = {"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": settings.get("FLYWHEEL_VLLM_LORA_RESOLVER_DIR")}
+    assert vllm["spec"]["replicas"] == 1 or resolver in c["env"], "runtime LoRA loads through the API reach one pod"
 
     service = one(objects, "Service", "flywheel-vllm")
     stable_pods = vllm["spec"]["template"]["metadata"]["labels"]
@@ -338,6 +351,16 @@ def check_vllm(objects: list[Obj]) -> None:
     models = {m["name"]: m["mountPath"] for m in container(gateway)["volumeMounts"]}["models"]
     assert {m["name"]: m["mountPath"] for m in c["volumeMounts"]}["models"] == models, "same artifact paths"
     assert settings["FLYWHEEL_SEED_MODEL_PATH"].startswith(models + "/")
+    if resolver in c["env"]:  # gateways publish to the very volume every replica resolves from
+        def adapters_volume(d: Obj, read_only: bool) -> str:
+            mount = next(m for m in container(d)["volumeMounts"] if m["mountPath"] == resolver["value"])
+            assert bool(mount.get("readOnly")) is read_only, f"{d['metadata']['name']}: adapters readOnly={read_only}"
+            volume = next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+            return str(volume["persistentVolumeClaim"]["claimName"])
+
+        claim = adapters_volume(gateway, read_only=False)
+        assert adapters_volume(vllm, read_only=True) == claim
+        assert one(objects, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
 
     policy = one(objects, "NetworkPolicy", "flywheel-vllm-from-gateways")
     servers = [o for o in objects if o["kind"] == "Deployment" and container(o)["image"].startswith("vllm/")]
@@ -441,6 +464,12 @@ def test_checks_catch_broken_manifests(secret_keys: set[str]) -> None:
         (check_controller, "Deployment", "flywheel-canary-controller", lambda d: d["spec"].update(replicas=2)),
         (check_controller, "Deployment", "flywheel-canary-controller",
          lambda d: d["spec"].update(strategy={"type": "RollingUpdate"})),
+        (check_controller, "Service", "flywheel-gateway-pods", lambda s: s["spec"].update(clusterIP="10.0.0.9")),
+        (check_controller, "ConfigMap", SETTINGS_MAP,
+         lambda m: m["data"].update(FLYWHEEL_CANARY_GATEWAY_METRICS_URLS="http://flywheel-gateway:8000/metrics")),
+        (check_vllm, "Deployment", "flywheel-vllm", lambda d: container(d)["env"].remove(
+            {"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": "/var/lib/flywheel/adapters"})),
+        (check_vllm, "Deployment", "flywheel-vllm", lambda d: container(d)["volumeMounts"][1].update(readOnly=False)),
         (check_consumer, "Deployment", "flywheel-consumer", lambda d: d["spec"].update(replicas=13)),
         (check_consumer, "KafkaTopic", "flywheel.interactions", lambda t: t["spec"].update(partitions=6)),
         (check_vllm, "Deployment", "flywheel-vllm", lambda d: container(d)["args"].remove("--max-loras=16")),
