@@ -107,3 +107,41 @@ def test_short_real_soak_on_the_fixture_seed(seed_model_dir: Path, tmp_path: Pat
         assert f"RSS growth after warm-up: {role}" in page
     assert (tmp_path / "soak.png").stat().st_size > 10_000
     assert (tmp_path / "var" / "bench" / "soak" / "soak.json").exists()
+
+
+def test_sigterm_stops_the_benchmark_and_every_server_it_started(seed_model_dir: Path, tmp_path: Path) -> None:
+    """The servers run in sessions of their own, so a SIGTERM to the benchmark reaches none of them by
+    itself: the benchmark must unwind and stop them (found when a soak was stopped by hand)."""
+    import re
+    import signal
+
+    import psutil
+
+    env = {**os.environ, "FLYWHEEL_VAR_DIR": str(tmp_path / "var"), "FLYWHEEL_VLLM_STARTUP_TIMEOUT_S": "600"}
+    argv = [sys.executable, "-m", "flywheel.cli", "bench", "soak", "--minutes", "5", "--rate", "1",
+            "--model-dir", str(seed_model_dir), "--no-write"]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids: list[int] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # "soak: … processes vllm=123, broker=456, gateway=789, consumer=1011"
+            if " processes " in line or pids:
+                pids += [int(p) for p in re.findall(r"\b(?:vllm|broker|gateway|consumer)=(\d+)", line)]
+            if len(pids) == 4:
+                break
+        assert len(pids) == 4, f"the benchmark never listed its processes: {pids}"
+        tree = [psutil.Process(pid) for pid in pids]
+        tree += [child for parent in list(tree) for child in parent.children(recursive=True)]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert not [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE], "servers left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
