@@ -7,27 +7,25 @@ end-to-end suite.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import Depends, FastAPI
 from typer.testing import CliRunner
 
 from flywheel.commands.policy import app as policy_cli
 from flywheel.db import make_engine
+from flywheel.procs import free_port
 from flywheel.settings import Settings
 from gateway.admin.router import build_admin_router
 from gateway.admin.service import AdminService
 from gateway.auth import KeyRing, Principal, fingerprint, require_admin_key, require_chat_key
 from gateway.errors import install_error_handlers
 from policies.registry import PolicyRegistry
+from tests.fixtures.threaded_server import serve_in_thread
 
 CHAT_KEY = "chat-key-123"
 ADMIN_KEY = "admin-key-456"
@@ -43,12 +41,6 @@ ROUTES = [
     ("POST", "/admin/policies/seed/retire"),
     ("GET", "/admin/audit"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -76,19 +68,10 @@ def gateway(tmp_path: Path, sqlite_url: str) -> Iterator[Gateway]:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(build_admin_router(AdminService(registry, None, max_loaded_adapters=3), settings))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
     try:
-        yield Gateway(f"http://127.0.0.1:{port}", registry, tmp_path)
+        with serve_in_thread(app) as port:
+            yield Gateway(f"http://127.0.0.1:{port}", registry, tmp_path)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         engine.dispose()
 
 

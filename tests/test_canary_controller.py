@@ -7,8 +7,6 @@ runs without a LoRA loader exactly as in tests/test_admin_api.py.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
@@ -37,7 +34,7 @@ from gateway.admin.service import AdminService
 from gateway.errors import install_error_handlers
 from policies.registry import PolicyRegistry
 from policies.registry_models import utcnow
-from tests.test_admin_api import free_port
+from tests.fixtures.threaded_server import serve_in_thread
 
 ADMIN_KEY = "canary-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -126,23 +123,17 @@ def rig(tmp_path: Path, database_url: str) -> Iterator[Rig]:
     install_error_handlers(app)
     app.include_router(build_admin_router(admin, settings))
     app.include_router(build_canary_router(CanaryService(admin, analyzer), settings))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{port}"
-    client = AdminClient(url, ADMIN_KEY)
     try:
-        with httpx.Client(base_url=url, headers=ADMIN, timeout=30) as http:
-            yield Rig(url, registry, FeedbackStore(engine), CanaryController(analyzer, client), clock, tmp_path, http)
+        with serve_in_thread(app) as port:
+            url = f"http://127.0.0.1:{port}"
+            client = AdminClient(url, ADMIN_KEY)
+            try:
+                with httpx.Client(base_url=url, headers=ADMIN, timeout=30) as http:
+                    yield Rig(url, registry, FeedbackStore(engine), CanaryController(analyzer, client), clock,
+                              tmp_path, http)  # fmt: skip
+            finally:
+                client.close()
     finally:
-        client.close()
-        server.should_exit = True
-        thread.join(timeout=10)
         engine.dispose()
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
-from flywheel.procs import free_port
 from gateway.http_protocol import protocol_with_read_timeout
+from tests.fixtures.threaded_server import serve_in_thread
 
 DEADLINE_S = 0.8
 
@@ -44,19 +42,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # noqa: 
 
 @pytest.fixture(scope="module")
 def address() -> Iterator[tuple[str, int]]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off",
-                            timeout_keep_alive=30, http=protocol_with_read_timeout(DEADLINE_S))  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield ("127.0.0.1", port)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app, access_log=False, log_config=None, timeout_keep_alive=30,
+                         http=protocol_with_read_timeout(DEADLINE_S)) as port:  # fmt: skip
+        yield ("127.0.0.1", port)
 
 
 def _read_until_closed(sock: socket.socket, limit_s: float = 10.0) -> tuple[bytes, float]:
