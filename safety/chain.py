@@ -194,7 +194,7 @@ def _load_classifier(settings: Settings, encoder: TextEncoder | None) -> Filter 
     if encoder is None:
         from gateway.grounding.encoder import Encoder  # the shared offline MiniLM loader
 
-        encoder = Encoder.load(settings.encoder_path)
+        encoder = Encoder.from_settings(settings)
     try:
         classifier = SafetyClassifier.load(path, encoder, settings.safety_classifier_threshold)
     except ClassifierError as exc:

@@ -100,7 +100,7 @@ def _train_encoder(config: RewardConfig, settings: Settings, split: PairSplit, t
     from policies.reward.encoder_head import EncoderHeadScorer, pair_features, pairwise_accuracy
     from policies.reward.fit import HeadFitConfig, fit_head
 
-    encoder = encoder or Encoder.load(settings.encoder_path, threads=settings.encoder_threads)
+    encoder = encoder or Encoder.from_settings(settings)
     console.print(f"encoding {len(train)} training and {len(split.heldout)} held-out pairs with {encoder.name}")
     xc, xr = pair_features(encoder, [p.prompt for p in train], [p.chosen for p in train], [p.rejected for p in train])
     fit = HeadFitConfig(hidden=config.hidden, epochs=config.head_epochs, learning_rate=config.head_learning_rate,

@@ -43,9 +43,12 @@ def stage_costs(settings: Settings, rounds: int) -> dict[str, dict[str, float]]:
     from gateway.grounding.stage import GroundingStage
     from safety.chain import SafetyChain
 
-    encoder = Encoder.load(settings.encoder_path, threads=settings.encoder_threads)
+    from safety.classifier import ensure_trained
+
+    encoder = Encoder.from_settings(settings)
+    ensure_trained(settings.safety_classifier_dir, encoder)  # as `flywheel up` does: the chain as deployed
     pipeline = RequestPipeline(
-        SafetyChain.from_settings(settings, encoder=encoder),
+        SafetyChain.from_settings(settings.model_copy(update={"safety_classifier_required": True}), encoder=encoder),
         GroundingStage(Retriever.from_settings(settings, encoder=encoder), settings.grounding_top_k),
         None, grounding_default=True, best_of_n_default=1, max_best_of_n=8,
     )  # fmt: skip
@@ -82,7 +85,9 @@ def best_of_n_latency(settings: Settings, work: Path, ks: list[int], requests: i
     with contextlib.ExitStack() as stack:
         model_dir = pick_seed_model(settings, console)
         backend = start_vllm(stack, work / "vllm", model_dir, settings)
-        gateway = start_flywheel(stack, work / "gateway", backend, stages=True)
+        classifier = {"FLYWHEEL_SAFETY_CLASSIFIER_PATH": str(settings.safety_classifier_dir.resolve()),
+                      "FLYWHEEL_SAFETY_CLASSIFIER_REQUIRED": "true"}  # trained by stage_costs  # fmt: skip
+        gateway = start_flywheel(stack, work / "gateway", backend, stages=True, extra_env=classifier)
         headers = {"Authorization": f"Bearer {gateway.api_key}"}
         results: dict[int, dict] = {}
         with httpx.Client(base_url=gateway.url, headers=headers, timeout=120) as http:
@@ -124,7 +129,9 @@ def run(
     settings = Settings()
     work = settings.var_dir / "bench" / "pipeline"
     costs = stage_costs(settings, rounds)
-    retrieval = run_retrieval_bench(n_chunks=chunks)
+    from gateway.grounding.encoder import Encoder
+
+    retrieval = run_retrieval_bench(n_chunks=chunks, encoder=Encoder.from_settings(settings))
     levels = [int(k) for k in ks.split(",") if k.strip()]
     bon = best_of_n_latency(settings, work, levels, requests, console)
 

@@ -162,6 +162,7 @@ def run_retrieval_bench(
         "k": k,
         "exact_vectors": exact_vectors,
         "encoder": encoder.name,
+        "encoder_backend": encoder.backend,
         "torch_threads": _torch_threads(),
         "encoder_load_s": round(load_s, 2),
         "generate_s": round(generate_s, 2),

@@ -83,7 +83,10 @@ class Flywheel:
     api_key: str = BENCH_API_KEY
 
 
-def start_flywheel(stack: contextlib.ExitStack, work: Path, backend: Backend, stages: bool = False) -> Flywheel:
+def start_flywheel(
+    stack: contextlib.ExitStack, work: Path, backend: Backend, stages: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> Flywheel:  # fmt: skip
     """`flywheel serve` as deployed (with a broker for its interaction events). Without ``stages``,
     grounding and safety are off, so the gateway bench measures the gateway's own overhead as a proxy;
     `flywheel bench pipeline` turns them on and measures what they add."""
@@ -110,6 +113,7 @@ def start_flywheel(stack: contextlib.ExitStack, work: Path, backend: Backend, st
     }
     if not stages:
         env.update({"FLYWHEEL_GROUNDING_ENABLED": "false", "FLYWHEEL_SAFETY_ENABLED": "false"})
+    env.update(extra_env or {})
     proc = ManagedProcess(
         f"flywheel-{port}", [sys.executable, "-m", "flywheel.cli", "serve"], work / "gateway.log", env=env
     )

@@ -90,7 +90,7 @@ def run(
     _write(work / "prefs.heldout.jsonl", _pairs(100, seed0=10))
     _, tokenizer = load_policy(seed_dir)
     tokens = _pair_tokens(tokenizer, rows)
-    encoder = Encoder.load(base.encoder_path, threads=base.encoder_threads)
+    encoder = Encoder.from_settings(base)
     results: list[tuple[str, str, float, float | None, float | None, str]] = []
 
     for kind in ("encoder", "hf"):

@@ -28,7 +28,7 @@ def train_cmd(
     console = Console()
     path = dataset or DEFAULT_DATASET
     out_dir = out or settings.safety_classifier_dir
-    encoder = Encoder.load(settings.encoder_path)
+    encoder = Encoder.from_settings(settings, bulk=True)
     classifier, manifest = train(load_dataset(path), encoder, TrainConfig(c=c, target_fp_rate=target_fp), dataset_digest(path))
     classifier.save(out_dir, manifest)
     console.print(f"safety classifier saved to {out_dir.resolve()}")
@@ -54,7 +54,7 @@ def eval_cmd(
 
     settings = Settings()
     console = Console()
-    encoder = Encoder.load(settings.encoder_path) if "classifier" in settings.safety_input_filters else None
+    encoder = Encoder.from_settings(settings, bulk=True) if "classifier" in settings.safety_input_filters else None
     chain = SafetyChain.from_settings(settings, encoder=encoder)
     if "classifier" in settings.safety_input_filters and not chain.classifier_filters:
         console.print("[yellow]no trained classifier: run `flywheel safety train` first; scoring patterns only[/]")

@@ -68,7 +68,7 @@ class Retriever:
     @classmethod
     def from_settings(cls, settings: Settings, encoder: Encoder | None = None) -> Retriever:
         """Load the encoder (unless one is passed in), open the KB, seed it with the shipped docs if new."""
-        encoder = encoder or Encoder.load(settings.encoder_path, threads=settings.encoder_threads)
+        encoder = encoder or Encoder.from_settings(settings)
         index = open_index(settings, encoder)
         if settings.kb_auto_init:
             ensure_default_kb(index)

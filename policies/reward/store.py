@@ -113,7 +113,7 @@ def _load_encoder(settings: Settings | None) -> TextEncoder:
 
     if settings is None:
         return Encoder.load()
-    return Encoder.load(settings.encoder_path, threads=settings.encoder_threads)
+    return Encoder.from_settings(settings)
 
 
 def active_id(settings: Settings) -> str | None:
