@@ -55,8 +55,12 @@ def test_lora_canary_split_promote_and_rollback(gateway_factory, lora_adapter_di
         canary_texts = {r.choices[0].message.content for r in seen.values() if version_of(r) == canary}
         assert canary_texts != {baseline}
 
-        # Pinning by version id reaches the canary directly.
+        # Pinning by version id reaches the canary directly, and the stable's id ("seed", which is also
+        # the name vLLM serves the base model under) reaches the stable only.
         assert version_of(ask(gw, model=canary)) == canary
+        pinned_stable = [ask(gw, model="seed") for _ in range(12)]
+        assert {version_of(r) for r in pinned_stable} == {"seed"}
+        assert {r.choices[0].message.content for r in pinned_stable} == {baseline}
 
         # Rollback: weight 0, status rolled_back, everyone back on stable.
         assert admin.post(f"/admin/policies/{canary}/rollback", json={"reason": "test"}).status_code == 200

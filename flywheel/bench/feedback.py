@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,20 @@ def _accepted(url: str) -> int:
         if line.startswith(ACCEPTED + " "):
             return int(float(line.rsplit(" ", 1)[1]))
     return 0
+
+
+def _settled_accepted(url: str, quiet_s: float = 0.3, timeout_s: float = 10.0) -> int:
+    """The accepted count once it stops moving: requests in flight when wrk hung up still finish (and
+    count) after it returns, and their ratings must not be booked to the next point."""
+    deadline = time.monotonic() + timeout_s
+    last = _accepted(url)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = _accepted(url)
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 def _http_ok(url: str) -> bool:
@@ -112,7 +127,7 @@ def measure(
     store.take_lags()
     before, cpu_before = _accepted(url), _cpu_s(pid)
     result = run_wrk_pool(f"{url}/v1/feedback", script, concurrency, duration_s)
-    accepted, cpu = _accepted(url) - before, _cpu_s(pid) - cpu_before
+    accepted, cpu = _settled_accepted(url) - before, _cpu_s(pid) - cpu_before
     wait_for(lambda: store.seen() >= accepted, timeout_s=120)
     lags = store.take_lags()
     p50, p99 = percentile(lags, 50), percentile(lags, 99)

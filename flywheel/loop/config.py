@@ -59,8 +59,12 @@ class LoopConfig:
     # training knobs (the rest are the trainer's defaults)
     # measured on the fixture seed with a round's pairs: 2 epochs at 5e-4 left KL to the parent at
     # 0.004 nats and the canary indistinguishable from stable; 2-4 epochs at 1e-3 with the SFT term
-    # weighted 2 moved the sampled answers users like from 4 % to 52-59 %
-    dpo_epochs: float = 3.0
+    # weighted 2 moved the sampled answers users like from 4 % to 52-59 %. On the default seed
+    # (`flywheel bench loop`'s 440 pairs, answers sampled offline for 300 held-out questions and judged
+    # by the default preference without noise) 3 epochs overfit: citing rose 80 → 97 % but the right
+    # fact fell 94 → 81 % (liked 79 → 83 %); 2 epochs kept the fact at 91 % (liked 79 → 92 %), and
+    # 3 epochs at 5e-4 landed between (90 %)
+    dpo_epochs: float = 2.0
     dpo_learning_rate: float = 1e-3
     dpo_sft_weight: float = 2.0
     dpo_beta: float = 0.1

@@ -123,7 +123,14 @@ class ChatService:
     def route(self, model: str, sticky_key: str | None) -> tuple[RouteEntry, bool]:
         """The version to answer with, and whether the client pinned it by name."""
         table = self.routes.get()
-        if model in (ROUTED_MODEL, table.stable.served_model_name):
+        if model == ROUTED_MODEL:
+            return pick(table, sticky_key), False
+        # A version id listed by /v1/models pins that version, also when it is the name vLLM serves the
+        # stable under (both are "seed" by default): otherwise "seed" would reach canaries by weight.
+        entry = next((e for e in table.entries() if e.version_id == model), None)
+        if entry is not None:
+            return entry, True
+        if model == table.stable.served_model_name:  # clients set up with vLLM's own model name: routed
             return pick(table, sticky_key), False
         entry = table.find(model)
         if entry is None:
