@@ -189,6 +189,9 @@ class PolicyClient:
                         err = chunk["error"] if isinstance(chunk["error"], dict) else {}
                         raise PolicyHTTPError(int(err.get("code") or 500), chunk)
                     yield chunk
+                # EOF without [DONE]: the server died or the connection was cut mid-answer. Ending here
+                # quietly would hand the client a truncated answer as if it were complete.
+                raise PolicyUnavailable("policy server closed the stream before [DONE]")
             finally:
                 if finished:
                     resp.release()  # back to the pool for the next request
