@@ -185,7 +185,10 @@ async def test_client_unreachable_and_timeout(vllm_server: VLLMServer) -> None:
 
 @session_loop
 async def test_closing_a_stream_early_aborts_it_in_vllm(policy_client: PolicyClient, vllm_server: VLLMServer) -> None:
-    async with httpx.AsyncClient(base_url=vllm_server.url, timeout=10) as http:
+    # No keep-alive: vLLM closes an idle connection after 5 s, and a poll reusing one just as it closed
+    # failed with "Server disconnected without sending a response" on a busy host.
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=vllm_server.url, timeout=10, limits=no_reuse) as http:
 
         async def metrics() -> tuple[float, float]:
             text = (await http.get("/metrics")).text
