@@ -155,8 +155,13 @@ class RoutingTable:
         return (self.stable, *self.canaries)
 
     def find(self, name: str) -> RouteEntry | None:
-        """The entry whose version id or served model name is ``name`` (clients may pin either)."""
-        return next((e for e in self.entries() if name in (e.version_id, e.served_model_name)), None)
+        """The entry whose version id, else whose served model name, is ``name`` (clients may pin either).
+
+        Ids first: the seed's id and the name vLLM serves it under are both "seed" by default."""
+        entries = self.entries()
+        return next((e for e in entries if e.version_id == name), None) or next(
+            (e for e in entries if e.served_model_name == name), None
+        )
 
 
 # --- rows to snapshots --------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from flywheel.bench.gateway import pick_seed_model
 from flywheel.bench.report import write_section
 from flywheel.bench.services import start_flywheel, start_vllm
 from flywheel.settings import Settings
+from gateway.grounding.encoder import Encoder
 
 QA_PATH = Path(__file__).resolve().parents[2] / "gateway" / "grounding" / "kb" / "eval" / "qa.jsonl"
 ANSWER = "The Personal plan costs $6 per month and includes 1 TB of storage for up to 3 devices [1]."
@@ -35,17 +36,14 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def stage_costs(settings: Settings, rounds: int) -> dict[str, dict[str, float]]:
+def stage_costs(settings: Settings, encoder: Encoder, rounds: int) -> dict[str, dict[str, float]]:
     """Per-request milliseconds of each stage, p50/p99, on the gateway's own stage objects."""
     from gateway.chat.pipeline import RequestPipeline
-    from gateway.grounding.encoder import Encoder
     from gateway.grounding.retriever import Retriever
     from gateway.grounding.stage import GroundingStage
     from safety.chain import SafetyChain
-
     from safety.classifier import ensure_trained
 
-    encoder = Encoder.from_settings(settings)
     ensure_trained(settings.safety_classifier_dir, encoder)  # as `flywheel up` does: the chain as deployed
     pipeline = RequestPipeline(
         SafetyChain.from_settings(settings.model_copy(update={"safety_classifier_required": True}), encoder=encoder),
@@ -128,10 +126,9 @@ def run(
     console = Console()
     settings = Settings()
     work = settings.var_dir / "bench" / "pipeline"
-    costs = stage_costs(settings, rounds)
-    from gateway.grounding.encoder import Encoder
-
-    retrieval = run_retrieval_bench(n_chunks=chunks, encoder=Encoder.from_settings(settings))
+    encoder = Encoder.from_settings(settings)  # one encoder, as in a gateway process
+    costs = stage_costs(settings, encoder, rounds)
+    retrieval = run_retrieval_bench(n_chunks=chunks, encoder=encoder)
     levels = [int(k) for k in ks.split(",") if k.strip()]
     bon = best_of_n_latency(settings, work, levels, requests, console)
 

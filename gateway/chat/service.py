@@ -125,16 +125,11 @@ class ChatService:
         table = self.routes.get()
         if model == ROUTED_MODEL:
             return pick(table, sticky_key), False
-        # A version id listed by /v1/models pins that version, also when it is the name vLLM serves the
-        # stable under (both are "seed" by default): otherwise "seed" would reach canaries by weight.
-        entry = next((e for e in table.entries() if e.version_id == model), None)
-        if entry is not None:
-            return entry, True
-        if model == table.stable.served_model_name:  # clients set up with vLLM's own model name: routed
-            return pick(table, sticky_key), False
         entry = table.find(model)
         if entry is None:
             raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
+        if entry is table.stable and model != entry.version_id:  # vLLM's own name for the stable: routed
+            return pick(table, sticky_key), False
         return entry, True
 
     def models(self) -> list[dict[str, Any]]:
