@@ -125,6 +125,9 @@ class VLLMServerConfig:
             "--dtype", self.dtype,
             "--max-model-len", str(self.max_model_len),
             "--disable-uvicorn-access-log",
+            # For POST /inference/v1/abort_requests: PolicyClient aborts an abandoned chat request by id
+            # instead of trusting the closed connection alone (see PolicyClient._abort_upstream).
+            "--enable-scale-out",
         ]  # fmt: skip
         if self.enforce_eager:
             args.append("--enforce-eager")

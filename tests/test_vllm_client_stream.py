@@ -1,13 +1,16 @@
-"""PolicyClient's streaming reader: a stream that ends without ``[DONE]`` is an error, not an answer.
+"""PolicyClient's streaming reader: a stream that ends without ``[DONE]`` is an error, not an answer,
+and a stream the caller abandons is aborted upstream by the id the client sent.
 
 A real HTTP server (aiohttp) plays an upstream that dies mid-answer by ending its response after one
-chunk; the same server with ``[DONE]`` is the control.
+chunk, one that never ends, and the control that ends with ``[DONE]``; it records the abort calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
@@ -20,26 +23,44 @@ CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "
          "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}  # fmt: skip
 
 
-async def _sse(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    await resp.write(f"data: {json.dumps(CHUNK)}\n\n".encode())
-    if (await request.json()).get("model") == "finishes":
-        await resp.write(b"data: [DONE]\n\n")
-    await resp.write_eof()
-    return resp
+@dataclass
+class Upstream:
+    url: str = ""
+    request_ids: list[str] = field(default_factory=list)  # X-Request-Id of each chat request
+    aborted: list[str] = field(default_factory=list)  # ids named in abort calls, as vLLM names them
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        self.request_ids.append(request.headers["X-Request-Id"])
+        model = (await request.json()).get("model")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(f"data: {json.dumps(CHUNK)}\n\n".encode())
+        while model == "endless":
+            await asyncio.sleep(0.01)
+            await resp.write(f"data: {json.dumps(CHUNK)}\n\n".encode())
+        if model == "finishes":
+            await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def abort(self, request: web.Request) -> web.Response:
+        self.aborted += (await request.json())["request_ids"]
+        return web.Response()
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[str]:
+async def upstream() -> AsyncIterator[Upstream]:
+    state = Upstream()
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", _sse)
+    app.router.add_post("/v1/chat/completions", state.sse)
+    app.router.add_post("/inference/v1/abort_requests", state.abort)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    state.url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield state
     finally:
         await runner.cleanup()
 
@@ -48,8 +69,8 @@ async def _collect(client: PolicyClient, model: str) -> list[dict]:  # type: ign
     return [chunk async for chunk in client.stream_chat_completions({"model": model, "messages": []})]
 
 
-async def test_a_stream_cut_before_done_raises(upstream: str) -> None:
-    client = PolicyClient(upstream)
+async def test_a_stream_cut_before_done_raises(upstream: Upstream) -> None:
+    client = PolicyClient(upstream.url)
     try:
         with pytest.raises(PolicyUnavailable, match=r"before \[DONE\]"):
             await _collect(client, "dies")
@@ -57,9 +78,32 @@ async def test_a_stream_cut_before_done_raises(upstream: str) -> None:
         await client.aclose()
 
 
-async def test_a_finished_stream_yields_its_chunks(upstream: str) -> None:
-    client = PolicyClient(upstream)
+async def test_a_finished_stream_yields_its_chunks(upstream: Upstream) -> None:
+    client = PolicyClient(upstream.url)
     try:
         assert await _collect(client, "finishes") == [CHUNK]
     finally:
         await client.aclose()
+    assert upstream.aborted == []  # nothing to abort: the upstream finished it
+
+
+async def test_a_stream_closed_early_is_aborted_upstream_by_its_id(upstream: Upstream) -> None:
+    client = PolicyClient(upstream.url)
+    try:
+        stream = client.stream_chat_completions({"model": "endless", "messages": []})
+        assert await anext(stream) == CHUNK
+        await stream.aclose()
+    finally:
+        await client.aclose()  # waits for the abort call it started
+    [request_id] = upstream.request_ids
+    assert upstream.aborted == [f"chatcmpl-{request_id}"]
+
+
+async def test_each_request_gets_its_own_id(upstream: Upstream) -> None:
+    client = PolicyClient(upstream.url)
+    try:
+        await _collect(client, "finishes")
+        await _collect(client, "finishes")
+    finally:
+        await client.aclose()
+    assert len(set(upstream.request_ids)) == 2

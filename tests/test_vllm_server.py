@@ -4,6 +4,7 @@ openai SDK and through our PolicyClient (including an early-closed stream that v
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from pathlib import Path
@@ -171,46 +172,62 @@ async def test_client_surfaces_vllm_400(policy_client: PolicyClient) -> None:
     assert streamed.value.status_code == 400
 
 
+class _TokenMeter:
+    """vLLM's own counters, read from /metrics: the proof that a request stopped generating.
+
+    No keep-alive: vLLM closes an idle connection after 5 s, and a poll reusing one just as it closed
+    failed with "Server disconnected without sending a response" on a busy host."""
+
+    def __init__(self, server: VLLMServer) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=server.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
+        )
+
+    async def sample(self) -> tuple[float, float]:
+        text = (await self.http.get("/metrics")).text
+        return _metric(text, "vllm:num_requests_running"), _metric(text, "vllm:generation_tokens_total")
+
+    async def quiet(self) -> float:
+        """The token counter once nothing runs and it has stood still for half a second: leftovers of
+        earlier tests must not be counted as the next request's tokens."""
+        last = -1.0
+        for _ in range(120):
+            running, tokens = await self.sample()
+            if running == 0 and tokens == last:
+                return tokens
+            last = tokens
+            await asyncio.sleep(0.5)
+        raise AssertionError("vLLM never went quiet")
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
 @session_loop
 async def test_client_unreachable_and_timeout(vllm_server: VLLMServer) -> None:
     async with PolicyClient(f"http://127.0.0.1:{free_port()}", timeout_s=2.0, max_connections=4) as dead:
         assert not await dead.health()
         with pytest.raises(PolicyUnavailable):
             await dead.chat_completions({"model": "seed", "messages": MESSAGES})
-    async with PolicyClient(vllm_server.url, timeout_s=0.05, max_connections=4) as hasty:
-        long = {"model": "seed", "messages": MESSAGES, "max_tokens": 800, "ignore_eos": True, "temperature": 0}
-        with pytest.raises(PolicyTimeout):
-            await hasty.chat_completions(long)
+    meter = _TokenMeter(vllm_server)
+    try:
+        tokens0 = await meter.quiet()
+        async with PolicyClient(vllm_server.url, timeout_s=0.05, max_connections=4) as hasty:
+            long = {"model": "seed", "messages": MESSAGES, "max_tokens": 800, "ignore_eos": True, "temperature": 0}
+            with pytest.raises(PolicyTimeout):
+                await hasty.chat_completions(long)
+        # The timed-out request is aborted upstream, not left to generate its 800 tokens for nobody.
+        assert await meter.quiet() - tokens0 < 800
+    finally:
+        await meter.aclose()
 
 
 @session_loop
 async def test_closing_a_stream_early_aborts_it_in_vllm(policy_client: PolicyClient, vllm_server: VLLMServer) -> None:
-    # No keep-alive: vLLM closes an idle connection after 5 s, and a poll reusing one just as it closed
-    # failed with "Server disconnected without sending a response" on a busy host.
-    no_reuse = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=vllm_server.url, timeout=10, limits=no_reuse) as http:
-
-        async def metrics() -> tuple[float, float]:
-            text = (await http.get("/metrics")).text
-            return (
-                _metric(text, "vllm:num_requests_running"),
-                _metric(text, "vllm:generation_tokens_total"),
-            )
-
-        async def quiet() -> float:
-            """The token counter once nothing runs and it has stood still for half a second: leftovers of
-            earlier tests (e.g. the timed-out request) must not be counted as this request's tokens."""
-            last = -1.0
-            for _ in range(120):
-                running, tokens = await metrics()
-                if running == 0 and tokens == last:
-                    return tokens
-                last = tokens
-                await asyncio.sleep(0.5)
-            raise AssertionError("vLLM never went quiet")
-
-        tokens0 = await quiet()
-        # As long as the context allows (~10 s of generation on these cores), so that an abort that
+    meter = _TokenMeter(vllm_server)
+    try:
+        tokens0 = await meter.quiet()
+        # As long as the context allows (~10-15 s of generation on these cores), so that an abort that
         # arrives a little late on a loaded machine is still told apart from a request that ran out.
         max_tokens = vllm_server.config.max_model_len - 64
         body = {"model": "seed", "messages": MESSAGES, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0}
@@ -223,9 +240,11 @@ async def test_closing_a_stream_early_aborts_it_in_vllm(policy_client: PolicyCli
                 break
         await stream.aclose()
         closed_after = time.monotonic() - started
-        tokens1 = await quiet()
+        tokens1 = await meter.quiet()
         await asyncio.sleep(1.0)
-        tokens2 = (await metrics())[1]
+        tokens2 = (await meter.sample())[1]
+    finally:
+        await meter.aclose()
     # The proof is in the token counter: fewer than max_tokens were generated in all, and none after
     # the close. (The running-requests gauge was also sampled mid-stream here once, but it trails the
     # engine and read 0 in loaded full-suite runs while the request was provably still generating.)
@@ -233,3 +252,26 @@ async def test_closing_a_stream_early_aborts_it_in_vllm(policy_client: PolicyCli
     assert tokens2 == tokens1, "vLLM kept generating after the stream was closed"
     generated = tokens1 - tokens0
     assert generated < max_tokens, f"{generated:.0f} tokens generated; the stream was closed after {closed_after:.2f} s"
+
+
+@session_loop
+async def test_abort_by_request_id_ends_a_running_stream(policy_client: PolicyClient, vllm_server: VLLMServer) -> None:
+    """The explicit abort on its own, with the connection left open: the second of the two ways an
+    abandoned request is stopped (a closed connection alone was once missed by vLLM in CI)."""
+    max_tokens = vllm_server.config.max_model_len - 64
+    body = {"model": "seed", "messages": MESSAGES, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0}
+    chunks: list[dict[str, object]] = []
+    async with httpx.AsyncClient(base_url=vllm_server.url, timeout=60) as http:
+        headers = {"X-Request-Id": "fw-abort-test"}
+        async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}, headers=headers) as resp:
+            assert resp.status_code == 200
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:") or line == "data: [DONE]":
+                    continue
+                chunks.append(json.loads(line[5:]))
+                if len(chunks) == 3:
+                    await policy_client.abort("fw-abort-test")
+    reasons = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]  # type: ignore[index]
+    assert reasons[-1] == "abort"
+    assert len(chunks) < max_tokens // 2, f"{len(chunks)} chunks before the stream ended"
+    await policy_client.abort("fw-abort-test")  # an id that has ended is a no-op, not an error
