@@ -17,7 +17,6 @@ its id, so vLLM stops generating tokens nobody will read (see :meth:`PolicyClien
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -26,6 +25,7 @@ import aiohttp
 import httpx
 import msgspec
 
+from flywheel.ids import random_hex128
 from policies.errors import (
     AdapterAlreadyLoaded,
     AdapterCapacityError,
@@ -83,7 +83,7 @@ _ABORT_PATH = "/inference/v1/abort_requests"
 
 
 def _new_request_id() -> str:
-    return f"fw-{uuid.uuid4().hex}"
+    return f"fw-{random_hex128()}"
 
 
 def _never_sent(exc: PolicyUnavailable) -> bool:

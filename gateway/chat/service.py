@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from opentelemetry import trace
 
 from feedback.tokens import FeedbackTokenSigner
+from flywheel.ids import random_hex128
 from gateway.chat.pipeline import Prepared, RequestPipeline, safety_report
 from gateway.chat.protocol import ChatCompletionRequest
 from gateway.chat.streaming import DONE, StreamState, relay, replay, sse
@@ -36,13 +35,9 @@ ROUTED_MODEL = "flywheel"
 log = logging.getLogger("flywheel.gateway.chat")
 
 
-_ids = random.Random(os.urandom(32))  # seeded once from the OS; ids need uniqueness, not secrecy
-
-
 def new_response_id() -> str:
-    """128 random bits per id without a syscall (uuid4 reads os.urandom each time: ~7 % of the hot path).
-    Nothing is protected by guessing one: rating a response needs its signed feedback token."""
-    return f"chatcmpl-{_ids.getrandbits(128):032x}"
+    """128 random bits per id without a syscall (see :mod:`flywheel.ids`)."""
+    return f"chatcmpl-{random_hex128()}"
 
 
 class ChatService:
