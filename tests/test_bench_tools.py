@@ -4,6 +4,7 @@ and the docs section replacement. No timing assertions: numbers come from the be
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,5 @@ def test_provenance_names_date_machine_and_command() -> None:
     assert "2026-11-25 12:00" in text
     assert "CPU cores" in text
     assert "`flywheel bench gateway --duration 5`" in text
+    speed = re.search(r"`sum\(range\(10_000\)\)` in (\d+) µs", text)
+    assert speed and int(speed.group(1)) > 0

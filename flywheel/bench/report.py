@@ -72,6 +72,17 @@ def machine_line() -> str:
     )
 
 
+def python_speed_us() -> float:
+    """Microseconds for ``sum(range(10_000))`` (best of 5): one number that says how fast this host's
+    cores run Python *now*. Hosts of one 'kind' differed ~3x in it (60-80 µs vs ~200 µs), which
+    moved every figure here more than most code changes did."""
+    import timeit
+
+    timer = timeit.Timer("sum(range(10_000))")
+    loops, _ = timer.autorange()
+    return min(timer.repeat(repeat=5, number=loops)) / loops * 1e6
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command as typed (``flywheel bench …``), quoted so that it can be pasted back."""
     args = list(sys.argv if argv is None else argv)
@@ -87,5 +98,6 @@ def provenance(argv: list[str] | None = None, now: dt.datetime | None = None) ->
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other work on the machine skews every number
     return (
         f"- date: {when}\n- machine: {machine_line()}\n- load average (1/5/15 min) when written: {load}\n"
+        f"- Python speed when written: `sum(range(10_000))` in {python_speed_us():.0f} µs (lower is faster)\n"
         f"- command: `{command_line(argv)}`\n"
     )
