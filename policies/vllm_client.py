@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import aiohttp
@@ -91,8 +92,16 @@ def _never_sent(exc: PolicyUnavailable) -> bool:
     return isinstance(exc.__cause__, aiohttp.ClientConnectorError)
 
 
-def _headers_for(request_id: str) -> dict[str, str]:
-    return {**_JSON, "X-Request-Id": request_id}
+@dataclass
+class _UpstreamCall:
+    """A chat call in flight: the id vLLM knows it by, and whether it ended upstream on its own."""
+
+    request_id: str
+    finished: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {**_JSON, "X-Request-Id": self.request_id}
 
 
 def _aio_error(status: int, raw: bytes) -> NoReturn:
@@ -179,26 +188,17 @@ class PolicyClient:
     async def chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming chat completion; vLLM's JSON comes back unchanged."""
         payload = _encode({**body, "stream": False})
-        request_id = _new_request_id()
-        finished = False
-        try:
-            with _translated_aio():
-                async with self._session().post(
-                    self._chat_url,
-                    data=payload,
-                    headers=_headers_for(request_id),
-                    timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                ) as resp:
-                    raw = await resp.read()
-                    finished = True
-                    if resp.status != 200:
-                        _aio_error(resp.status, raw)
-        except PolicyUnavailable as exc:
-            finished = finished or _never_sent(exc)
-            raise
-        finally:
-            if not finished:  # timed out, cancelled or cut off: vLLM may still be generating it
-                self._abort_upstream(request_id)
+        with self._upstream_call() as call:
+            async with self._session().post(
+                self._chat_url,
+                data=payload,
+                headers=call.headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            ) as resp:
+                raw = await resp.read()
+                call.finished = True
+                if resp.status != 200:
+                    _aio_error(resp.status, raw)
         result: dict[str, Any] = _decode(raw)
         return result
 
@@ -206,41 +206,49 @@ class PolicyClient:
         """Yield each SSE chunk as a dict until ``[DONE]``; ``aclose()`` closes the upstream connection
         and aborts the request in vLLM."""
         payload = _encode({**body, "stream": True})
-        request_id = _new_request_id()
-        finished = False
         resp: aiohttp.ClientResponse | None = None
-        try:
-            with _translated_aio():
-                resp = await self._session().post(self._chat_url, data=payload, headers=_headers_for(request_id))
+        with self._upstream_call() as call:
+            try:
+                resp = await self._session().post(self._chat_url, data=payload, headers=call.headers)
                 if resp.status != 200:
-                    finished = True  # vLLM refused it: nothing runs upstream
+                    call.finished = True  # vLLM refused it: nothing runs upstream
                     _aio_error(resp.status, await resp.read())
                 async for line in resp.content:
                     if not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
                     if data == b"[DONE]":
-                        finished = True
+                        call.finished = True
                         return
                     chunk = _decode(data)
                     if "error" in chunk and "choices" not in chunk:  # a failure after the 200 went out
-                        finished = True  # vLLM ended the request itself
+                        call.finished = True  # vLLM ended the request itself
                         err = chunk["error"] if isinstance(chunk["error"], dict) else {}
                         raise PolicyHTTPError(int(err.get("code") or 500), chunk)
                     yield chunk
                 # EOF without [DONE]: the server died or the connection was cut mid-answer. Ending here
                 # quietly would hand the client a truncated answer as if it were complete.
                 raise PolicyUnavailable("policy server closed the stream before [DONE]")
+            finally:
+                if resp is not None and call.finished:
+                    resp.release()  # back to the pool for the next request
+                elif resp is not None:
+                    resp.close()
+
+    @contextmanager
+    def _upstream_call(self) -> Iterator[_UpstreamCall]:
+        """One chat call to vLLM: its own request id, aiohttp's failures translated, and an abort by
+        that id unless the call marked itself finished (vLLM answered in full, refused or ended it)."""
+        call = _UpstreamCall(_new_request_id())
+        try:
+            with _translated_aio():
+                yield call
         except PolicyUnavailable as exc:
-            finished = finished or _never_sent(exc)
+            call.finished = call.finished or _never_sent(exc)
             raise
         finally:
-            if resp is not None and finished:
-                resp.release()  # back to the pool for the next request
-            elif resp is not None:
-                resp.close()
-            if not finished:
-                self._abort_upstream(request_id)
+            if not call.finished:  # timed out, cancelled, closed early or cut off: vLLM may still run it
+                self._abort_upstream(call.request_id)
 
     def _abort_upstream(self, request_id: str) -> None:
         """Ask vLLM to drop ``request_id``, without waiting (the caller is being closed or cancelled).

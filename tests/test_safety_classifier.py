@@ -111,10 +111,11 @@ def test_input_check_is_memoised_and_its_latency_reported(chain: SafetyChain) ->
     asserted (a shared machine makes any bound either loose or flaky; `flywheel bench pipeline` measures it)."""
     classifier = chain.classifier_filters[0].classifier  # type: ignore[attr-defined]
     timings = []
-    for i in range(15):
-        prompt = f"How do I restore version {i} of my tax folder on Windows?"
+    prompts = [f"How do I restore version {i} of my tax folder on Windows?" for i in range(15)]
+    for prompt in prompts:
         start = time.perf_counter()
-        chain.check_input([{"role": "user", "content": prompt}])
+        result = chain.check_input([{"role": "user", "content": prompt}])
         timings.append((time.perf_counter() - start) * 1000)
-    assert classifier._cache  # memoised
+        assert not result.blocked, result.blocking
+    assert all(p in classifier._cache for p in prompts)  # memoised
     print(f"uncached input check: median {statistics.median(timings):.1f} ms over {len(timings)} prompts")
