@@ -84,15 +84,16 @@ def create_app(
     app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
     app.state.keyring = KeyRing.from_settings(settings)
     install_error_handlers(app)
-    app.include_router(build_health_router(registry_ok, backends, telemetry.metrics.registry))
+    # Starlette tries routes in order, a regex match each: the two hot routes go first.
     app.include_router(build_chat_router(chat))
+    if feedback is not None:
+        app.include_router(build_feedback_router(feedback, settings.feedback_max_body_bytes))
+    app.include_router(build_health_router(registry_ok, backends, telemetry.metrics.registry))
     app.include_router(build_admin_router(admin, settings))
     if canary is not None:
         app.include_router(build_canary_router(canary, settings))
     if metrics is not None:
         app.include_router(build_metrics_router(metrics, settings))
-    if feedback is not None:
-        app.include_router(build_feedback_router(feedback, settings.feedback_max_body_bytes))
     app.include_router(build_web_router())
     _merge_openapi_components(app, CHAT_SCHEMA_COMPONENTS)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes)

@@ -1,33 +1,41 @@
-"""Routes for feedback widgets — thin: authenticate, read the capped body, hand to FeedbackService."""
+"""Routes for feedback widgets — thin: authenticate, read the capped body, hand to FeedbackService.
+
+Like the chat route it is a ``DirectRoute``: the key check is a direct call rather than a FastAPI
+dependency and the 202 body is encoded with msgspec. FastAPI's dependency solving and ``JSONResponse``
+cost 20-30 % of the gateway's CPU per rating under load (``flywheel bench feedback``, A/B).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+import msgspec
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from gateway.auth import Principal, require_chat_key
+from gateway.direct_route import DirectRoute
 from gateway.feedback.body import read_json_model
 from gateway.feedback.protocol import FeedbackAccepted, FeedbackRequest
 from gateway.feedback.service import FeedbackService
 
 SESSION_HEADER = "x-session-id"
 REPLAYED_HEADER = "Idempotent-Replayed"
+_encode = msgspec.json.encode
 
 
 def build_feedback_router(service: FeedbackService, max_body_bytes: int) -> APIRouter:
     router = APIRouter()
     schema = FeedbackRequest.model_json_schema()
 
-    @router.post(
-        "/v1/feedback",
-        status_code=202,
-        response_model=FeedbackAccepted,
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
-    )
-    async def post_feedback(request: Request, principal: Principal = Depends(require_chat_key)) -> JSONResponse:
+    async def post_feedback(request: Request) -> Response:
+        principal = request.app.state.keyring.authorize_chat(request.headers.get("authorization"))
         body = await read_json_model(request, FeedbackRequest, max_body_bytes)
         result = await service.submit(body, principal, request.headers.get(SESSION_HEADER))
         headers = {REPLAYED_HEADER: "true"} if result.replayed else None
-        return JSONResponse(result.body.model_dump(), status_code=202, headers=headers)
+        return Response(_encode(result.body.model_dump()), 202, headers, media_type="application/json")
+
+    router.add_api_route(
+        "/v1/feedback", post_feedback, methods=["POST"], status_code=202, response_model=FeedbackAccepted,
+        route_class_override=DirectRoute,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
+    )  # fmt: skip
 
     return router
