@@ -12,7 +12,7 @@ import pytest
 from flywheel.bench.loadgen import RESULT_MARKER, LoadGenError, WrkResult, lua_script, parse_wrk_output
 from flywheel.bench.report import provenance, replace_section, write_section
 from flywheel.bench.stub_server import build_routes
-from flywheel.bench.summary import Point, added_ms, max_rps, target_checks
+from flywheel.bench.summary import HEADERS, Point, added_ms, max_rps, rows, target_checks
 
 WRK_TEXT = """\
 Running 5s test @ http://127.0.0.1:9001/v1/chat/completions
@@ -136,3 +136,38 @@ def test_provenance_names_date_machine_and_command() -> None:
     assert "`flywheel bench gateway --duration 5`" in text
     speed = re.search(r"`sum\(range\(10_000\)\)` in (\d+) µs", text)
     assert speed and int(speed.group(1)) > 0
+
+
+def test_rows_show_the_proxy_cpu_per_request_only_where_measured() -> None:
+    points = [_pt("stub", "direct", 1, 20000, 0.05, 0.2), _pt("stub", "flywheel", 1, 1500, 0.6, 1.5)]
+    points[1].cpu_ms_per_request = 0.6666
+    by_path = {row[1]: row for row in rows(points)}
+    column = HEADERS.index("proxy CPU ms/req")
+    assert (by_path["direct"][column], by_path["flywheel"][column]) == ("", "0.667")
+
+
+def test_proxy_cpu_counts_the_process_and_its_children() -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from flywheel.bench.gateway import _cpu_seconds
+
+    burn = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.5: pass\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        deadline = time.monotonic() + 20
+        while (_cpu_seconds(child.pid) or 0) < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (_cpu_seconds(child.pid) or 0) >= 0.5  # the child alone, while it sleeps on
+        own = psutil.Process().cpu_times()
+        with_children = _cpu_seconds(os.getpid())
+        assert with_children is not None and with_children - (own.user + own.system) >= 0.5
+    finally:
+        child.kill()
+        child.wait()
+    assert _cpu_seconds(None) is None
+    assert _cpu_seconds(child.pid) is None  # gone: not measured, rather than a wrong number

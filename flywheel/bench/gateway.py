@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import typer
 from rich.console import Console
 
@@ -37,6 +38,7 @@ class Target:
     path: str
     url: str
     api_key: str | None
+    pid: int | None = None  # the proxy's process, whose CPU per request is recorded (None: direct)
 
 
 def _csv(text: str) -> list[str]:
@@ -62,6 +64,21 @@ def request_body(model: str, max_tokens: int) -> dict[str, object]:
         "max_tokens": max_tokens,
         "temperature": 0,
     }
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU of ``pid`` and its children (LiteLLM serves from a worker process)."""
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        total = 0.0
+        for p in (proc, *proc.children(recursive=True)):
+            times = p.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.Error:
+        return None
 
 
 def _median_result(results: list[WrkResult]) -> WrkResult:
@@ -98,20 +115,31 @@ def measure_backend(
     points: list[Point] = []
     for c in concurrencies:
         per_path: dict[str, list[WrkResult]] = {t.path: [] for t in targets}
+        cpu_per_path: dict[str, list[float]] = {t.path: [] for t in targets}
         for _ in range(rounds):
             for t in targets:
                 url = f"{t.url}/v1/chat/completions"
                 common = {"api_key": t.api_key, "script_dir": work / "wrk", "concurrency": c}
                 if warmup_s > 0:
                     run_wrk(url, payload, duration_s=warmup_s, **common)  # type: ignore[arg-type]
+                cpu_before = _cpu_seconds(t.pid)
                 result = run_wrk(url, payload, duration_s=duration_s, **common)  # type: ignore[arg-type]
+                cpu_after = _cpu_seconds(t.pid)
                 per_path[t.path].append(result)
+                cpu_note = ""
+                if cpu_before is not None and cpu_after is not None and result.requests > 0:
+                    cpu_per_path[t.path].append(1000 * (cpu_after - cpu_before) / result.requests)
+                    cpu_note = f"  CPU {cpu_per_path[t.path][-1]:.3f} ms/req"
                 console.print(
                     f"  {backend.name:5} c={c:<3} {t.path:8} {result.rps:9.0f} req/s  "
-                    f"p50 {result.p50_ms:8.2f} ms  p99 {result.p99_ms:8.2f} ms"
+                    f"p50 {result.p50_ms:8.2f} ms  p99 {result.p99_ms:8.2f} ms{cpu_note}"
                     + (f"  [red]{result.failed} failed" if result.failed else "")
                 )
-        points += [Point(backend.name, path, c, _median_result(rs)) for path, rs in per_path.items()]
+        points += [
+            Point(backend.name, path, c, _median_result(rs),
+                  statistics.median(cpu_per_path[path]) if cpu_per_path[path] else None)
+            for path, rs in per_path.items()
+        ]  # fmt: skip
     return points
 
 
@@ -131,11 +159,11 @@ def bench_one_backend(
             model_dir = pick_seed_model(settings, console)
             backend = services.start_vllm(stack, work / "vllm", model_dir, settings)
         gw = services.start_flywheel(stack, work / f"flywheel-{name}", backend)
-        targets = [Target("direct", backend.url, None), Target("flywheel", gw.url, gw.api_key)]
+        targets = [Target("direct", backend.url, None), Target("flywheel", gw.url, gw.api_key, gw.process.pid)]
         if opts["litellm"]:
             proxy = start_litellm_proxy(work / "litellm-venv", work / f"litellm-{name}", backend.model, backend.url)
             stack.callback(proxy.stop)
-            targets.append(Target("litellm", proxy.url, proxy.api_key))
+            targets.append(Target("litellm", proxy.url, proxy.api_key, proxy.process.pid))
         body = request_body(backend.model, int(opts["max_tokens"]))  # type: ignore[call-overload]
         for t in targets:
             services.check_answers(t.url, t.api_key, body, expect_flywheel=t.path == "flywheel")

@@ -22,6 +22,9 @@ class Point:
     path: str  # "direct" | "flywheel" | "litellm"
     concurrency: int
     result: WrkResult
+    # CPU the proxy's processes (all threads, children included) spent per answered request: what the
+    # proxy costs independent of how busy the shared machine was. None for direct, or not measured.
+    cpu_ms_per_request: float | None = None
 
 
 def _find(points: list[Point], backend: str, path: str, c: int) -> WrkResult | None:
@@ -88,7 +91,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def rows(points: list[Point]) -> list[list[str]]:
-    """One row per point: backend, path, c, req/s, p50, p99, added p50, added p99, failures."""
+    """One row per point: backend, path, c, req/s, p50, p99, added p50, added p99, proxy CPU, failures."""
     out = []
     for p in sorted(points, key=lambda p: (p.backend, p.concurrency, ("direct", "flywheel", "litellm").index(p.path))):
         r = p.result
@@ -97,12 +100,15 @@ def rows(points: list[Point]) -> list[list[str]]:
             p.backend, p.path, str(p.concurrency), _fmt(r.rps, 0), _fmt(r.p50_ms), _fmt(r.p99_ms),
             "" if is_direct else _fmt(added_ms(points, p.backend, p.path, p.concurrency, "p50")),
             "" if is_direct else _fmt(added_ms(points, p.backend, p.path, p.concurrency, "p99")),
+            "" if p.cpu_ms_per_request is None else _fmt(p.cpu_ms_per_request, 3),
             str(r.failed),
         ])  # fmt: skip
     return out
 
 
-HEADERS = ["backend", "path", "conc.", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "failed"]
+HEADERS = [
+    "backend", "path", "conc.", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "proxy CPU ms/req", "failed",
+]  # fmt: skip
 
 
 def summary_rows(points: list[Point]) -> list[list[str]]:
@@ -161,7 +167,8 @@ def markdown_section(points: list[Point], provenance: str, *, duration_s: float,
         "`stub` is a zero-latency OpenAI stub (`flywheel.bench.stub_server`), isolating the proxy's own "
         "cost; `vllm` is vLLM on the seed policy. LiteLLM is `litellm[proxy]==1.100.5`, one worker, "
         "plain pass-through (master key, no database, no callbacks). wrk, the backend and the proxy "
-        "share the machine's cores, so a proxy's CPU use also slows the load generator and the backend.",
+        "share the machine's cores, so a proxy's CPU use also slows the load generator and the backend. "
+        "*Proxy CPU* = CPU time of the proxy's processes (all threads) per answered request during the point.",
         "### Targets",
         _md_table(["target", "measured", "goal", "met"], checks),
         "### Max throughput",
