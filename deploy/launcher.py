@@ -74,6 +74,7 @@ class Stack:
         if not s.vllm_url:
             self._start_vllm()
         env = self.child_env(creds)
+        self._keep_off_vllm_cores(env)
         flywheel = [sys.executable, "-m", "flywheel.cli"]
         gateway = ManagedProcess("gateway", [*flywheel, "serve"], s.logs_dir / "gateway.log", env=env)
         with self.console.status("starting the gateway…"):
@@ -95,6 +96,21 @@ class Stack:
         self.children.append(controller)
         self.console.print("[green]✓[/] canary controller started")
         return creds
+
+    def _keep_off_vllm_cores(self, env: dict[str, str]) -> None:
+        """Run the broker and the children on the cores vLLM's CPU worker is not pinned to
+        (flywheel/cpus.py says why); an explicit FLYWHEEL_CPUS wins."""
+        from flywheel.cpus import cpus_besides, format_cpu_list, move_tree, pinned_cpus
+
+        if self.settings.cpus or self._vllm is None or self._vllm.pid is None:  # type: ignore[attr-defined]
+            return
+        rest = cpus_besides(pinned_cpus(self._vllm.pid))  # type: ignore[attr-defined]
+        if rest is None:
+            return
+        env["FLYWHEEL_CPUS"] = format_cpu_list(rest)
+        if self._broker is not None and self._broker.pid is not None:  # type: ignore[attr-defined]
+            move_tree(self._broker.pid, rest)  # type: ignore[attr-defined]
+        self.console.print(f"[green]✓[/] vLLM's worker is pinned to other cores: the rest runs on CPUs {env['FLYWHEEL_CPUS']}")
 
     def _ensure_seed_model(self) -> None:
         from policies.seed.build import SeedConfig, ensure_seed_model

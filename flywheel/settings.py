@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from flywheel.cpus import parse_cpu_list
+
 
 def _split_csv(value: object) -> object:
     """Accept ``"a,b"`` from the environment as well as a real list from TOML or code."""
@@ -69,6 +71,10 @@ class Settings(BaseSettings):
     )
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; unset = no export")
     log_level: str = "INFO"
+    cpus: str | None = Field(
+        None, description="CPU list the gateway, consumer and controller run on ('1', '2-3'); `flywheel up` "
+        "sets it to the cores vLLM's CPU worker is not pinned to (see flywheel/cpus.py)",
+    )  # fmt: skip
 
     # --- storage ---------------------------------------------------------------------------
     var_dir: Path = Path("var")
@@ -228,6 +234,18 @@ class Settings(BaseSettings):
     canary_gateway_metrics_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="gateway /metrics URLs for error rates; unset = error rate not judged"
     )
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpu_list(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_cpu_list(value)  # ValueError: a clear settings error at start-up
+            return value.strip()
+        return None
+
+    @property
+    def cpu_set(self) -> frozenset[int] | None:
+        return parse_cpu_list(self.cpus) if self.cpus else None
 
     @field_validator("canary_steps", "canary_gateway_metrics_urls", mode="before")
     @classmethod

@@ -41,6 +41,26 @@ def _env(tmp_path: Path, seed_model_dir: Path, shared: dict[str, str], **extra: 
     }
 
 
+def _assert_kept_off_vllm_cores(children: list[psutil.Process]) -> None:
+    """Where vLLM's worker pinned itself to some cores, the rest of the stack runs on the others."""
+    from flywheel.cpus import cpus_besides, pinned_cpus
+
+    vllm = next(c for c in children if "vllm.entrypoints" in " ".join(c.cmdline()))
+    rest = cpus_besides(pinned_cpus(vllm.pid))
+    if rest is None:
+        return  # vLLM pinned nothing here (or took every core): nothing to keep apart
+    for child in children:
+        line = " ".join(child.cmdline())
+        if any(part in line for part in ("flywheel.cli serve", "flywheel.cli consume", "canary watch", "tansu")):
+            deadline = time.monotonic() + 60  # the consumer and controller may still be importing
+            while True:
+                masks = {frozenset(os.sched_getaffinity(t.id)) for t in child.threads()}
+                if masks == {rest} or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert masks == {rest}, (line, masks, rest)
+
+
 def test_up_serves_chat_and_stops_cleanly_on_sigterm(
     tmp_path: Path, seed_model_dir: Path, gateway_shared_env: dict[str, str]
 ) -> None:
@@ -79,6 +99,7 @@ def test_up_serves_chat_and_stops_cleanly_on_sigterm(
         names = " ".join(" ".join(c.cmdline()) for c in children)
         for part in ("vllm.entrypoints", "serve", "consume", "tansu", "canary watch"):
             assert part in names, (part, names)
+        _assert_kept_off_vllm_cores(children)
     finally:
         children = _tree(proc.pid)
         proc.send_signal(signal.SIGTERM)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from flywheel.cpus import cpus_besides, format_cpu_list, move_tree, pinned_cpus
 from flywheel.procs import ManagedProcess, free_port
 from flywheel.settings import Settings
 from policies.vllm_server import VLLMServer, VLLMServerConfig
@@ -33,6 +34,9 @@ class Backend:
     url: str
     model: str
     model_dir: Path
+    # Cores the backend's worker is pinned to (vLLM on CPU): proxies in front run on the others, as
+    # `flywheel up` runs them (flywheel/cpus.py). Empty for the stub.
+    pinned: frozenset[int] = frozenset()
 
 
 def _fresh_dir(path: Path) -> Path:
@@ -73,7 +77,8 @@ def start_vllm(stack: contextlib.ExitStack, work: Path, model_dir: Path, setting
     server.start()
     stack.callback(server.stop)
     server.wait_ready()
-    return Backend("vllm", server.url, config.served_model_name, model_dir)
+    pinned = pinned_cpus(server.pid) if server.pid is not None else frozenset()
+    return Backend("vllm", server.url, config.served_model_name, model_dir, pinned)
 
 
 @dataclass
@@ -97,6 +102,9 @@ def start_flywheel(
     broker = EmbeddedBroker("127.0.0.1", free_port(), work / "broker.log")
     broker.start()
     stack.callback(broker.stop)
+    rest = cpus_besides(backend.pinned)
+    if rest is not None and broker.pid is not None:
+        move_tree(broker.pid, rest)
     env = {
         **os.environ,
         "FLYWHEEL_HOST": "127.0.0.1",
@@ -111,6 +119,8 @@ def start_flywheel(
         "FLYWHEEL_KAFKA_BOOTSTRAP": broker.bootstrap,
         "FLYWHEEL_FEEDBACK_SECRET": "bench-feedback-secret",
     }
+    if rest is not None:
+        env["FLYWHEEL_CPUS"] = format_cpu_list(rest)
     if not stages:
         env.update({"FLYWHEEL_GROUNDING_ENABLED": "false", "FLYWHEEL_SAFETY_ENABLED": "false"})
     env.update(extra_env or {})

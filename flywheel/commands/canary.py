@@ -85,11 +85,14 @@ def watch(
     from deploy.canary.live import CanaryAnalyzer
     from deploy.canary.metrics import GatewayCounters, StoreMetrics
     from deploy.canary.plan import RolloutPlan
+    from flywheel.cpus import pin_this_process
     from flywheel.db import create_schema, make_engine
     from flywheel.settings import Settings
     from policies.registry import PolicyRegistry
 
     settings = Settings()
+    if settings.cpu_set:  # first thing: threads started from here on inherit it
+        pin_this_process(settings.cpu_set)
     key = key or (settings.admin_keys[0] if settings.admin_keys else None)
     if not key:
         _fail("no operator key: pass --key, or set FLYWHEEL_ADMIN_KEY or FLYWHEEL_ADMIN_KEYS")

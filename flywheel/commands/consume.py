@@ -31,10 +31,13 @@ def consume(
     from feedback.consumer import ConsumerMetrics, FeedbackConsumer
     from feedback.store import FeedbackStore
     from feedback.topics import BrokerUnavailableError, ensure_topics, topics_from_settings
+    from flywheel.cpus import pin_this_process
     from flywheel.db import create_schema, make_engine
 
     overrides = {"database_url": database_url, "kafka_bootstrap": kafka_bootstrap}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    if settings.cpu_set:  # first thing: threads started from here on inherit it
+        pin_this_process(settings.cpu_set)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its reconnect noise; we log our own line
 

@@ -39,12 +39,15 @@ def serve(
     """Run the gateway alone, against FLYWHEEL_VLLM_URL and FLYWHEEL_DATABASE_URL."""
     import uvicorn
 
+    from flywheel.cpus import pin_this_process
     from flywheel.procs import PortInUseError, ensure_port_free
     from gateway.http_protocol import protocol_with_read_timeout
     from gateway.wiring import build_gateway
 
     overrides = {k: v for k, v in {"port": port, "host": host}.items() if v is not None}
     settings = Settings(**overrides)
+    if settings.cpu_set:  # first thing: threads started from here on inherit it
+        pin_this_process(settings.cpu_set)
     try:
         ensure_port_free(settings.host, settings.port, "the gateway")
     except PortInUseError as exc:

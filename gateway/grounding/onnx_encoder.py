@@ -41,6 +41,11 @@ class OnnxEncoderError(RuntimeError):
     """The model cannot be exported or its export disagrees with torch."""
 
 
+def _pinned_to_some_cores() -> bool:
+    """True when this process may run on fewer cores than the machine has."""
+    return hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 0)
+
+
 def supports(model: SentenceTransformer) -> bool:
     """True for Transformer → Pooling(mean) → optional Normalize: what :class:`OnnxEncoder` reproduces."""
     names = [type(module).__name__ for module in model]
@@ -68,6 +73,11 @@ class OnnxEncoder:
             raise OnnxEncoderError(f"unsupported module chain {[type(m).__name__ for m in model]}")
         path = cache_dir / f"{_digest(model)}.onnx"
         options = ort.SessionOptions()
+        if not threads and _pinned_to_some_cores():
+            # Left to choose its own thread count, ONNX Runtime pins its pool to cores of the whole
+            # machine, undoing FLYWHEEL_CPUS (flywheel/cpus.py); with an explicit count it pins nothing
+            # and the threads stay on this process's cores.
+            threads = len(os.sched_getaffinity(0))
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

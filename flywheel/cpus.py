@@ -1,0 +1,104 @@
+"""Keep Flywheel's own processes off the cores vLLM's CPU worker is pinned to.
+
+vLLM's CPU backend binds its worker's OpenMP threads to chosen cores (on a 2-core machine: core 0,
+every thread). Every other process on the machine floats over all cores, so the scheduler also puts the
+gateway, the broker and the load on that core; each time it does, the worker's forward pass waits. On
+this 2-core host that cut the gateway's throughput over vLLM to a third of direct at 32 connections
+(p99 2.4-3.7 s against 0.3-0.6 s); the same gateway kept on the other core served 80-98 % of direct
+with the same p99 as direct (`flywheel bench gateway`, docs/benchmarks.md).
+
+So `flywheel up` (and the gateway bench) read which cores vLLM's threads are pinned to once it is up,
+and run everything else on the rest: the children get ``FLYWHEEL_CPUS`` and pin themselves at start (the
+threads they have, thread by thread; later ones inherit it), and processes already running (the broker)
+are moved the same way.
+Linux only (``os.sched_setaffinity``); elsewhere, and when vLLM pinned nothing, nothing changes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+__all__ = ["cpus_besides", "format_cpu_list", "move_tree", "parse_cpu_list", "pin_this_process", "pinned_cpus"]
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """'1' / '0,2-3' (the kernel's cpulist format) → the CPU numbers; ValueError when malformed."""
+    cpus: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"not a CPU list: {text!r} (expected e.g. '1' or '0,2-3')")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first:
+            raise ValueError(f"not a CPU list: {text!r} (range {part} runs backwards)")
+        cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+def format_cpu_list(cpus: frozenset[int] | set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def _available() -> frozenset[int]:
+    return frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
+
+
+def pinned_cpus(pid: int) -> frozenset[int]:
+    """Cores the threads of ``pid``'s process tree are pinned to (threads narrower than the machine)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return frozenset()
+    every = _available()
+    pinned: set[int] = set()
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return frozenset()
+    for proc in procs:
+        try:
+            threads = proc.threads()
+        except psutil.Error:
+            continue
+        for thread in threads:
+            try:
+                mask = frozenset(os.sched_getaffinity(thread.id))
+            except OSError:  # the thread ended meanwhile
+                continue
+            if mask < every:
+                pinned |= mask
+    return frozenset(pinned)
+
+
+def cpus_besides(taken: frozenset[int]) -> frozenset[int] | None:
+    """The cores this process may use minus ``taken``; None when nothing is taken or nothing would be left."""
+    rest = _available() - taken
+    return rest if taken and rest else None
+
+
+def pin_this_process(cpus: frozenset[int]) -> None:
+    """Run this process on ``cpus``: the threads it has (numerical libraries start pools at import)
+    and, since threads inherit their creator's mask, every thread it starts later."""
+    move_tree(os.getpid(), cpus)
+
+
+def move_tree(pid: int, cpus: frozenset[int]) -> None:
+    """Move a running process tree, thread by thread (threads do not follow their process), onto ``cpus``."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            threads = proc.threads()
+        except psutil.Error:
+            continue
+        for thread in threads:
+            try:
+                os.sched_setaffinity(thread.id, cpus)
+            except OSError:
+                continue
