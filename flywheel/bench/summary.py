@@ -167,7 +167,9 @@ def markdown_section(points: list[Point], provenance: str, *, duration_s: float,
         "`stub` is a zero-latency OpenAI stub (`flywheel.bench.stub_server`), isolating the proxy's own "
         "cost; `vllm` is vLLM on the seed policy. LiteLLM is `litellm[proxy]==1.100.5`, one worker, "
         "plain pass-through (master key, no database, no callbacks). wrk, the backend and the proxy "
-        "share the machine's cores, so a proxy's CPU use also slows the load generator and the backend. "
+        "share the machine's cores, so a proxy's CPU use also slows the load generator and the backend; "
+        "in front of vLLM both proxies (and Flywheel's broker) run on the cores vLLM's CPU worker is not "
+        "pinned to, as `flywheel up` runs them. "
         "*Proxy CPU* = CPU time of the proxy's processes (all threads) per answered request during the point.",
         "### Targets",
         _md_table(["target", "measured", "goal", "met"], checks),
