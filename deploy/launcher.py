@@ -110,7 +110,8 @@ class Stack:
         env["FLYWHEEL_CPUS"] = format_cpu_list(rest)
         if self._broker is not None and self._broker.pid is not None:  # type: ignore[attr-defined]
             move_tree(self._broker.pid, rest)  # type: ignore[attr-defined]
-        self.console.print(f"[green]✓[/] vLLM's worker is pinned to other cores: the rest runs on CPUs {env['FLYWHEEL_CPUS']}")
+        cpus = env["FLYWHEEL_CPUS"]
+        self.console.print(f"[green]✓[/] vLLM's worker is pinned to its own cores: the rest runs on CPUs {cpus}")
 
     def _ensure_seed_model(self) -> None:
         from policies.seed.build import SeedConfig, ensure_seed_model

@@ -60,7 +60,8 @@ def test_an_endpoint_it_cannot_call_directly_is_refused(kind: str) -> None:
     async def one(request: Request) -> Response:  # pragma: no cover - never called
         return Response()
 
-    endpoint, deps = {"two-params": (two, None), "sync": (sync, None), "dependencies": (one, [Depends(lambda: None)])}[kind]
+    cases = {"two-params": (two, None), "sync": (sync, None), "dependencies": (one, [Depends(lambda: None)])}
+    endpoint, deps = cases[kind]
     router = APIRouter()
     with pytest.raises(TypeError, match="DirectRoute /x"):
         router.add_api_route("/x", endpoint, methods=["POST"], route_class_override=DirectRoute, dependencies=deps)

@@ -107,7 +107,8 @@ def rows(points: list[Point]) -> list[list[str]]:
 
 
 HEADERS = [
-    "backend", "path", "conc.", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "proxy CPU ms/req", "failed",
+    "backend", "path", "conc.", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
+    "proxy CPU ms/req", "failed",
 ]  # fmt: skip
 
 
