@@ -16,7 +16,9 @@ Linux only (``os.sched_setaffinity``); elsewhere, and when vLLM pinned nothing, 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import psutil
 
@@ -45,29 +47,33 @@ def _available() -> frozenset[int]:
     return frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
 
 
+def _tree_thread_ids(pid: int) -> Iterator[int]:
+    """Thread ids of ``pid`` and its descendants; processes that end meanwhile are skipped."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            yield from (thread.id for thread in proc.threads())
+        except psutil.Error:
+            continue
+
+
 def pinned_cpus(pid: int) -> frozenset[int]:
     """Cores the threads of ``pid``'s process tree are pinned to (threads narrower than the machine)."""
     if not hasattr(os, "sched_getaffinity"):
         return frozenset()
     every = _available()
     pinned: set[int] = set()
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return frozenset()
-    for proc in procs:
+    for tid in _tree_thread_ids(pid):
         try:
-            threads = proc.threads()
-        except psutil.Error:
+            mask = frozenset(os.sched_getaffinity(tid))
+        except OSError:  # the thread ended meanwhile
             continue
-        for thread in threads:
-            try:
-                mask = frozenset(os.sched_getaffinity(thread.id))
-            except OSError:  # the thread ended meanwhile
-                continue
-            if mask < every:
-                pinned |= mask
+        if mask < every:
+            pinned |= mask
     return frozenset(pinned)
 
 
@@ -87,18 +93,6 @@ def move_tree(pid: int, cpus: frozenset[int]) -> None:
     """Move a running process tree, thread by thread (threads do not follow their process), onto ``cpus``."""
     if not hasattr(os, "sched_setaffinity"):
         return
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return
-    for proc in procs:
-        try:
-            threads = proc.threads()
-        except psutil.Error:
-            continue
-        for thread in threads:
-            try:
-                os.sched_setaffinity(thread.id, cpus)
-            except OSError:
-                continue
+    for tid in _tree_thread_ids(pid):
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            os.sched_setaffinity(tid, cpus)

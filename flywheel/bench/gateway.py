@@ -25,7 +25,6 @@ from flywheel.bench.litellm_proxy import start_litellm_proxy
 from flywheel.bench.loadgen import LoadGenError, WrkResult, run_wrk, wrk_path
 from flywheel.bench.report import provenance, write_section
 from flywheel.bench.summary import Point, markdown_section, print_tables
-from flywheel.cpus import cpus_besides, move_tree
 from flywheel.settings import Settings
 
 PATHS = ("direct", "flywheel", "litellm")
@@ -164,9 +163,7 @@ def bench_one_backend(
         if opts["litellm"]:
             proxy = start_litellm_proxy(work / "litellm-venv", work / f"litellm-{name}", backend.model, backend.url)
             stack.callback(proxy.stop)
-            rest = cpus_besides(backend.pinned)
-            if rest is not None and proxy.process.pid is not None:  # off vLLM's cores, as Flywheel runs
-                move_tree(proxy.process.pid, rest)
+            backend.keep_off(proxy.process.pid)  # off vLLM's cores, as Flywheel runs
             targets.append(Target("litellm", proxy.url, proxy.api_key, proxy.process.pid))
         body = request_body(backend.model, int(opts["max_tokens"]))  # type: ignore[call-overload]
         for t in targets:

@@ -38,6 +38,16 @@ class Backend:
     # `flywheel up` runs them (flywheel/cpus.py). Empty for the stub.
     pinned: frozenset[int] = frozenset()
 
+    @property
+    def proxy_cpus(self) -> frozenset[int] | None:
+        """Where what runs in front goes: every other core (None: anywhere)."""
+        return cpus_besides(self.pinned)
+
+    def keep_off(self, pid: int | None) -> None:
+        """Move a running process tree in front of this backend onto ``proxy_cpus``."""
+        if self.proxy_cpus is not None and pid is not None:
+            move_tree(pid, self.proxy_cpus)
+
 
 def _fresh_dir(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
@@ -102,9 +112,7 @@ def start_flywheel(
     broker = EmbeddedBroker("127.0.0.1", free_port(), work / "broker.log")
     broker.start()
     stack.callback(broker.stop)
-    rest = cpus_besides(backend.pinned)
-    if rest is not None and broker.pid is not None:
-        move_tree(broker.pid, rest)
+    backend.keep_off(broker.pid)
     env = {
         **os.environ,
         "FLYWHEEL_HOST": "127.0.0.1",
@@ -119,8 +127,8 @@ def start_flywheel(
         "FLYWHEEL_KAFKA_BOOTSTRAP": broker.bootstrap,
         "FLYWHEEL_FEEDBACK_SECRET": "bench-feedback-secret",
     }
-    if rest is not None:
-        env["FLYWHEEL_CPUS"] = format_cpu_list(rest)
+    if backend.proxy_cpus is not None:
+        env["FLYWHEEL_CPUS"] = format_cpu_list(backend.proxy_cpus)
     if not stages:
         env.update({"FLYWHEEL_GROUNDING_ENABLED": "false", "FLYWHEEL_SAFETY_ENABLED": "false"})
     env.update(extra_env or {})
