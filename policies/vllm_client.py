@@ -17,6 +17,7 @@ its id, so vLLM stops generating tokens nobody will read (see :meth:`PolicyClien
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ _JSON = {"Content-Type": "application/json"}
 # vLLM names a chat request "chatcmpl-" + the caller's X-Request-Id; its abort endpoint takes that name.
 _VLLM_CHAT_ID_PREFIX = "chatcmpl-"
 _ABORT_PATH = "/inference/v1/abort_requests"
+_ABORT_CONNECT_TRIES = 3
+log = logging.getLogger(__name__)
 
 
 def _new_request_id() -> str:
@@ -274,11 +277,23 @@ class PolicyClient:
             pass  # the server is gone (nothing left to run) or refuses: the closed connection still applies
 
     async def abort(self, request_id: str) -> None:
-        """Abort the chat request sent with ``X-Request-Id: request_id`` (a no-op once it has ended)."""
-        with _translated():
-            resp = await self._http.post(
-                _ABORT_PATH, json={"request_ids": [_VLLM_CHAT_ID_PREFIX + request_id]}, timeout=5.0
-            )
+        """Abort the chat request sent with ``X-Request-Id: request_id`` (a no-op once it has ended).
+
+        A connect that times out is tried again, up to ``_ABORT_CONNECT_TRIES`` times: in one CI run
+        the abort's connect to a vLLM busy generating timed out after 5 s (a dropped SYN is resent
+        after 1 s and 3 s, so one short try covers little), and an abort that gives up leaves vLLM
+        generating for nobody. Repeating it is safe: an id that has ended is a no-op.
+        """
+        payload = {"request_ids": [_VLLM_CHAT_ID_PREFIX + request_id]}
+        for tries_left in range(_ABORT_CONNECT_TRIES - 1, -1, -1):
+            with _translated():
+                try:
+                    resp = await self._http.post(_ABORT_PATH, json=payload, timeout=5.0)
+                    break
+                except httpx.ConnectTimeout:
+                    if not tries_left:
+                        raise
+                    log.warning("abort of %s: connect to %s timed out; trying again", request_id, self.base_url)
         if resp.status_code != 200:
             _raise_for(resp)
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -107,3 +108,41 @@ async def test_each_request_gets_its_own_id(upstream: Upstream) -> None:
     finally:
         await client.aclose()
     assert len(set(upstream.request_ids)) == 2
+
+
+
+class _DroppedConnects:
+    """The first ``times`` httpx connects time out, as they do when a loaded host drops the SYN;
+    later requests go to the real server (and their paths are recorded)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+        self.left = times
+        self.sent: list[str] = []
+        real = httpx.AsyncHTTPTransport.handle_async_request
+
+        async def handle(transport: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
+            if self.left > 0:
+                self.left -= 1
+                raise httpx.ConnectTimeout("SYN dropped", request=request)
+            self.sent.append(request.url.path)
+            return await real(transport, request)
+
+        monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", handle)
+
+
+async def test_an_abort_whose_connect_times_out_is_tried_again(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dropped = _DroppedConnects(monkeypatch, times=2)
+    async with PolicyClient(upstream.url) as client:
+        await client.abort("fw-1")
+    assert dropped.sent == ["/inference/v1/abort_requests"]
+    assert upstream.aborted == ["chatcmpl-fw-1"]
+
+
+async def test_an_abort_gives_up_after_its_tries(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    dropped = _DroppedConnects(monkeypatch, times=3)
+    async with PolicyClient(upstream.url) as client:
+        with pytest.raises(PolicyUnavailable, match="unreachable"):
+            await client.abort("fw-1")
+    assert dropped.sent == [] and upstream.aborted == []
