@@ -24,6 +24,7 @@ from gateway.auth import KeyRing
 from gateway.backends import BackendPool
 from gateway.chat.router import CHAT_SCHEMA_COMPONENTS, build_chat_router
 from gateway.chat.service import ChatService
+from gateway.direct_route import DirectRoutesFirst
 from gateway.errors import install_error_handlers
 from gateway.feedback.router import build_feedback_router
 from gateway.feedback.service import FeedbackService
@@ -96,6 +97,7 @@ def create_app(
         app.include_router(build_metrics_router(metrics, settings))
     app.include_router(build_web_router())
     _merge_openapi_components(app, CHAT_SCHEMA_COMPONENTS)
+    app.add_middleware(DirectRoutesFirst, gateway=app)  # first added = innermost of our middleware
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes)
     if settings.cors_allow_origins:  # closed by default: no CORS headers at all
         app.add_middleware(ApiCors, allow_origins=settings.cors_allow_origins)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from flywheel.bench.feedback import FeedbackPoint, placement_text
+from flywheel.bench.feedback import markdown as feedback_markdown
 from flywheel.bench.loadgen import RESULT_MARKER, LoadGenError, WrkResult, lua_script, parse_wrk_output
 from flywheel.bench.report import provenance, replace_section, write_section
 from flywheel.bench.stub_server import build_routes
@@ -171,3 +173,25 @@ def test_proxy_cpu_counts_the_process_and_its_children() -> None:
         child.wait()
     assert _cpu_seconds(None) is None
     assert _cpu_seconds(child.pid) is None  # gone: not measured, rather than a wrong number
+
+
+def _feedback_point(concurrency: int, rps: float, lag_p99_ms: float, failed: int = 0) -> FeedbackPoint:
+    wrk = WrkResult(requests=int(rps * 10), duration_s=10.0, rps=rps, p50_ms=30.0, p99_ms=60.0,
+                    errors={"non2xx": failed} if failed else {})  # fmt: skip
+    return FeedbackPoint(concurrency, wrk, int(rps * 10), int(rps * 10), 40.0, lag_p99_ms, 0.25)
+
+
+def test_feedback_section_judges_the_targets_on_the_best_clean_point() -> None:
+    met = feedback_markdown([_feedback_point(64, 2100, 80), _feedback_point(128, 3400, 200)], 10, "hdr", "where")
+    assert "per gateway process: met (best 3400/s at 128 connections)" in met
+    assert "lag p99 ≤ 1 s: met (worst p99 200.0 ms)" in met
+    assert "10 s per point after a warm-up; where." in met
+    failing = feedback_markdown([_feedback_point(128, 3400, 1200, failed=3), _feedback_point(64, 2100, 80)], 10, "", "")
+    assert "**not met** (best 2100/s at 64 connections)" in failing  # a point with failures never counts
+    assert "lag p99 ≤ 1 s: **not met**" in failing
+
+
+def test_feedback_placement_names_the_gateways_core() -> None:
+    assert placement_text(None) == "all processes share the machine's cores"
+    text = placement_text((frozenset({1}), frozenset({0})))
+    assert "alone on core 1" in text and "share core(s) 0" in text

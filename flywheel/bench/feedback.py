@@ -32,6 +32,7 @@ from flywheel.bench.feedback_load import (
 )  # fmt: skip
 from flywheel.bench.loadgen import LoadGenError, WrkResult, wrk_path
 from flywheel.bench.report import provenance, write_section
+from flywheel.cpus import format_cpu_list, pin_this_process
 from flywheel.procs import ManagedProcess, free_port
 from flywheel.settings import Settings
 
@@ -96,12 +97,19 @@ def _cpu_s(pid: int) -> float:
     return times.user + times.system
 
 
+def _own_core() -> tuple[frozenset[int], frozenset[int]] | None:
+    """(the gateway's core, everything else's) when this process may use two cores or more."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return (frozenset(cores[-1:]), frozenset(cores[:-1])) if len(cores) >= 2 else None
+
+
 def _start_gateway(
-    stack: contextlib.ExitStack, work: Path, backend: services.Backend, bootstrap: str
+    stack: contextlib.ExitStack, work: Path, backend: services.Backend, bootstrap: str, cpus: frozenset[int] | None
 ) -> tuple[str, int]:
     port = free_port()
     env = {
         **os.environ,
+        **({"FLYWHEEL_CPUS": format_cpu_list(cpus)} if cpus else {}),
         "FLYWHEEL_HOST": "127.0.0.1", "FLYWHEEL_PORT": str(port), "FLYWHEEL_VAR_DIR": str(work),
         "FLYWHEEL_DATABASE_URL": f"sqlite:///{(work / 'gateway.db').resolve()}",
         "FLYWHEEL_VLLM_URL": backend.url, "FLYWHEEL_SEED_MODEL_PATH": str(backend.model_dir.resolve()),
@@ -147,7 +155,15 @@ def _ms(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f} ms"
 
 
-def markdown(points: list[FeedbackPoint], duration_s: float, header: str) -> str:
+def placement_text(placement: tuple[frozenset[int], frozenset[int]] | None) -> str:
+    if placement is None:
+        return "all processes share the machine's cores"
+    gateway, rest = (format_cpu_list(cpus) for cpus in placement)
+    return (f"the gateway process runs alone on core {gateway}; wrk, the broker and the consumer share "
+            f"core(s) {rest}")  # fmt: skip
+
+
+def markdown(points: list[FeedbackPoint], duration_s: float, header: str, placement: str) -> str:
     best = max(points, key=lambda p: p.wrk.rps if not p.wrk.failed else 0.0)
     worst_lag = max((p.lag_p99_ms for p in points if p.lag_p99_ms is not None), default=None)
     rows = "\n".join(
@@ -164,7 +180,7 @@ def markdown(points: list[FeedbackPoint], duration_s: float, header: str) -> str
         "One `flywheel serve` process (default producer settings: a 202 means Kafka acked the rating or it "
         "was fsync'd into the local spool), the embedded broker, a consumer writing SQLite. wrk posts "
         f"pre-minted valid ratings in a closed loop, {duration_s:.0f} s per point after a warm-up; "
-        "all processes share the machine's cores.\n\n"
+        f"{placement}.\n\n"
         "| connections | ratings/s (202) | p50 ms | p99 ms | non-202 / errors | stored / accepted | "
         "lag p50 | lag p99 | gateway CPU / rating | ratings/s per gateway core |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
@@ -173,8 +189,9 @@ def markdown(points: list[FeedbackPoint], duration_s: float, header: str) -> str
         f"(best {best.wrk.rps:.0f}/s at {best.concurrency} connections)\n"
         f"- target store lag p99 ≤ {TARGET_LAG_P99_S:.0f} s: {lag_ok} (worst p99 {_ms(worst_lag)})\n"
         "- 'ratings/s per gateway core' = 1 / (gateway process CPU per accepted rating, all its threads): "
-        "what the process would sustain with a core to itself; the measured rate is lower whenever wrk, "
-        "the broker, the consumer and other work on the machine take the cores.\n"
+        "what the process would sustain with a core to itself, all of it busy; the measured rate is lower "
+        "when the load leaves the gateway idle part of the time (too few connections to cover the producer's "
+        "linger and the broker's ack) or other work takes its core.\n"
     )
 
 
@@ -190,12 +207,16 @@ def print_table(points: list[FeedbackPoint], console: Console) -> None:
 
 
 def run(
-    concurrency: str = typer.Option("16,64", help="comma-separated wrk connection counts"),
+    concurrency: str = typer.Option("64,128,256", help="comma-separated wrk connection counts"),
     duration: float = typer.Option(10.0, help="seconds measured per point"),
     warmup: float = typer.Option(3.0, help="seconds of unrecorded load before the first point"),
     pool: int = typer.Option(5000, help="distinct pre-minted ratings wrk cycles through"),
     out: Path = typer.Option(Path("docs/benchmarks.md"), help="page whose `feedback` section is rewritten"),
     write: bool = typer.Option(True, "--write/--no-write", help="write the section to --out"),
+    own_core: bool = typer.Option(
+        True, "--own-core/--shared-cores",
+        help="give the gateway a core to itself (broker, consumer and wrk share the others)",
+    ),
 ) -> None:
     """Ratings accepted/s with durable ack, p50/p99 latency, and rating → store lag p50/p99."""
     from deploy.broker import EmbeddedBroker
@@ -209,6 +230,9 @@ def run(
         console.print(f"[red]{exc}; this benchmark needs wrk (a Python client would measure itself)")
         raise typer.Exit(2) from None
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    placement = _own_core() if own_core else None
+    if placement is not None:  # first: the broker, stub, wrk and consumer threads started below inherit it
+        pin_this_process(placement[1])
     work = _fresh_dir(Settings().var_dir.resolve() / "bench" / "feedback")
     points: list[FeedbackPoint] = []
     with contextlib.ExitStack() as stack:
@@ -219,7 +243,8 @@ def run(
         settings = Settings(kafka_bootstrap=broker.bootstrap, var_dir=work, consumer_batch_max=1000)
         ensure_topics(broker.bootstrap, topics_from_settings(settings))
         backend = services.start_stub(stack, work / "stub")
-        url, pid = _start_gateway(stack, _fresh_dir(work / "gateway"), backend, broker.bootstrap)
+        gateway_cpus = placement[0] if placement else None
+        url, pid = _start_gateway(stack, _fresh_dir(work / "gateway"), backend, broker.bootstrap, gateway_cpus)
         engine = make_engine(f"sqlite:///{work / 'store.db'}")
         stack.callback(engine.dispose)
         create_schema(engine)
@@ -227,11 +252,12 @@ def run(
         consumer = RunningConsumer(settings, store)
         stack.callback(consumer.close)
         script = write_pool_script(work / "wrk", rating_bodies(pool, SECRET), services.BENCH_API_KEY)
-        console.print(f"[bold]feedback[/]: gateway {url}, broker {broker.bootstrap}; warming up {warmup:.0f} s …")
+        console.print(f"[bold]feedback[/]: gateway {url}, broker {broker.bootstrap}; {placement_text(placement)}; "
+                      f"warming up {warmup:.0f} s …")
         if warmup > 0:
             measure(url, pid, script, store, max(levels), warmup, console)
         points = [measure(url, pid, script, store, c, duration, console) for c in levels]
     print_table(points, console)
     if write:
-        write_section(out, "feedback", markdown(points, duration, provenance()))
+        write_section(out, "feedback", markdown(points, duration, provenance(), placement_text(placement)))
         console.print(f"wrote the feedback section of {out}")

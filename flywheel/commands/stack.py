@@ -56,7 +56,9 @@ def serve(
     # The connection cap is uvicorn's own (it counts connections and running requests and answers a plain
     # 503 before any app code runs); it sits above FLYWHEEL_MAX_IN_FLIGHT so that chat clients meet the
     # OpenAI-shaped 429 first and only a flood of connections meets the 503. A request that arrives too
-    # slowly (slowloris) meets a 408 (gateway.http_protocol).
+    # slowly (slowloris) meets a 408 (gateway.http_protocol). Nothing reads the client's address (limits
+    # go by key and user), so uvicorn's X-Forwarded-For rewriting would cost every request for nothing.
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s,
+                proxy_headers=False, limit_concurrency=settings.max_connections,
+                timeout_keep_alive=settings.keep_alive_s,
                 http=protocol_with_read_timeout(settings.request_read_timeout_s))  # fmt: skip
