@@ -231,11 +231,12 @@ def run(
         raise typer.Exit(2) from None
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     placement = _own_core() if own_core else None
-    if placement is not None:  # first: the broker, stub, wrk and consumer threads started below inherit it
-        pin_this_process(placement[1])
     work = _fresh_dir(Settings().var_dir.resolve() / "bench" / "feedback")
     points: list[FeedbackPoint] = []
     with contextlib.ExitStack() as stack:
+        if placement is not None:  # first: the broker, stub, wrk and consumer threads started below inherit it
+            stack.callback(pin_this_process, frozenset(os.sched_getaffinity(0)))  # back before the section
+            pin_this_process(placement[1])  # is written: it names the cores this process may use
         broker = EmbeddedBroker("127.0.0.1", free_port(), work / "tansu.log")
         broker.start()
         stack.callback(broker.stop)
