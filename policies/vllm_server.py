@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from flywheel.cpus import lower_floating_threads
 from flywheel.procs import ManagedProcess, ProcessStartError, ensure_port_free
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ class VLLMServer:
         self.config = config
         self._proc = ManagedProcess("vllm", config.argv(), config.log_path, env=config.env())
         self.startup_s: float | None = None
+        self.lowered_threads = 0  # vLLM threads run at a lower priority once it was ready (flywheel/cpus.py)
         self._started_at: float | None = None
 
     @property
@@ -232,6 +234,8 @@ class VLLMServer:
             raise
         if self._started_at is not None:
             self.startup_s = time.monotonic() - self._started_at
+        if self.pid is not None:  # its busy-polling engine core must not take the proxies' core
+            self.lowered_threads = lower_floating_threads(self.pid)
 
     def descendants_pids(self) -> list[int]:
         """PIDs of the worker processes (engine core, ...), for checks that none outlive ``stop``."""

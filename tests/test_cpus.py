@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from flywheel.cpus import cpus_besides, format_cpu_list, move_tree, parse_cpu_list, pinned_cpus
+from flywheel.cpus import (
+    cpus_besides, format_cpu_list, lower_floating_threads, move_tree, parse_cpu_list, pinned_cpus,
+)  # fmt: skip
 from flywheel.settings import Settings
 
 needs_two_cpus = pytest.mark.skipif(
@@ -92,3 +94,45 @@ print(sorted(masks))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.strip() == str([(first,)])
+
+
+@needs_two_cpus
+def test_the_floating_threads_of_a_tree_with_pinned_ones_are_lowered() -> None:
+    import psutil
+
+    first = min(os.sched_getaffinity(0))
+    # a "worker" thread pinned to one core (as vLLM's CPU worker) beside the floating main thread
+    code = f"""
+import os, threading, time
+def worker():
+    os.sched_setaffinity(0, {{{first}}})
+    time.sleep(60)
+threading.Thread(target=worker, daemon=True).start()
+time.sleep(60)
+"""
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        _threads_ready(child.pid)
+        deadline = time.monotonic() + 10
+        while not pinned_cpus(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        base = os.getpriority(os.PRIO_PROCESS, 0)  # what the child inherited
+        lower = min(base + 7, 19)
+        assert lower_floating_threads(child.pid, niceness=lower) == 1
+        nice = {t.id: os.getpriority(os.PRIO_PROCESS, t.id) for t in psutil.Process(child.pid).threads()}
+        assert nice == {child.pid: lower, **{tid: base for tid in nice if tid != child.pid}}
+        assert lower_floating_threads(child.pid, niceness=lower) == 0  # already there: nothing to do
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_tree_with_nothing_pinned_keeps_its_priority() -> None:
+    child = _sleeper()
+    try:
+        _threads_ready(child.pid)
+        assert lower_floating_threads(child.pid) == 0
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        child.kill()
+        child.wait()

@@ -14,6 +14,7 @@ import openai
 import psutil
 import pytest
 
+from flywheel.cpus import FLOATING_NICENESS, pinned_cpus
 from flywheel.procs import ProcessStartError, free_port, port_is_free
 from policies.errors import PolicyHTTPError, PolicyTimeout, PolicyUnavailable
 from policies.vllm_client import PolicyClient
@@ -103,6 +104,20 @@ def test_config_keeps_a_lora_slot_free(seed_model_dir: Path) -> None:
 
 
 # --- chat through the official SDK ---------------------------------------------------------------
+
+
+def test_vllms_floating_threads_run_below_its_pinned_worker(vllm_server: VLLMServer) -> None:
+    """Its busy-polling engine core must not take the proxies' core (flywheel/cpus.py)."""
+    import os
+
+    assert vllm_server.pid is not None
+    if not pinned_cpus(vllm_server.pid):
+        pytest.skip("vLLM pinned no thread on this machine: nothing is lowered")
+    assert vllm_server.lowered_threads > 0
+    every = os.sched_getaffinity(0)
+    procs = [psutil.Process(vllm_server.pid), *psutil.Process(vllm_server.pid).children(recursive=True)]
+    floating = [t.id for p in procs for t in p.threads() if os.sched_getaffinity(t.id) == every]
+    assert floating and all(os.getpriority(os.PRIO_PROCESS, tid) >= FLOATING_NICENESS for tid in floating)
 
 
 def test_sdk_chat_non_streaming(vllm_server: VLLMServer) -> None:

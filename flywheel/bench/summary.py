@@ -170,7 +170,8 @@ def markdown_section(points: list[Point], provenance: str, *, duration_s: float,
         "plain pass-through (master key, no database, no callbacks). wrk, the backend and the proxy "
         "share the machine's cores, so a proxy's CPU use also slows the load generator and the backend; "
         "in front of vLLM both proxies (and Flywheel's broker) run on the cores vLLM's CPU worker is not "
-        "pinned to, as `flywheel up` runs them. "
+        "pinned to, and vLLM's floating threads (API server, busy-polling engine core) run at nice 10, "
+        "as `flywheel up` runs them (`flywheel/cpus.py`). "
         "*Proxy CPU* = CPU time of the proxy's processes (all threads) per answered request during the point.",
         "### Targets",
         _md_table(["target", "measured", "goal", "met"], checks),
