@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -109,8 +110,6 @@ def test_config_keeps_a_lora_slot_free(seed_model_dir: Path) -> None:
 
 def test_vllms_floating_threads_run_below_its_pinned_worker(vllm_server: VLLMServer) -> None:
     """Its busy-polling engine core must not take the proxies' core (flywheel/cpus.py)."""
-    import os
-
     assert vllm_server.pid is not None
     if not pinned_cpus(vllm_server.pid):
         pytest.skip("vLLM pinned no thread on this machine: nothing is lowered")
