@@ -63,7 +63,7 @@ class EventProducer:
     def __init__(self, settings: Settings, spool: Spool | None = None, client_id: str = "flywheel") -> None:
         self._settings = settings
         self._topics = topics_from_settings(settings)
-        self._spool = spool or Spool(settings.effective_spool_path, settings.spool_max_bytes)
+        self._spool = spool if spool is not None else Spool(settings.effective_spool_path, settings.spool_max_bytes)
         self._client_id = client_id
         self._producer: KafkaProducer | None = None
         self._lock = threading.RLock()  # kafka-python may run an errback inside send()

@@ -61,7 +61,8 @@ def format_cpu_list(cpus: frozenset[int] | set[int]) -> str:
     return ",".join(str(c) for c in sorted(cpus))
 
 
-def _available() -> frozenset[int]:
+def available_cpus() -> frozenset[int]:
+    """The cores this process may run on (empty where the platform cannot say)."""
     return frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
 
 
@@ -83,7 +84,7 @@ def pinned_cpus(pid: int) -> frozenset[int]:
     """Cores the threads of ``pid``'s process tree are pinned to (threads narrower than the machine)."""
     if not hasattr(os, "sched_getaffinity"):
         return frozenset()
-    every = _available()
+    every = available_cpus()
     pinned: set[int] = set()
     for tid in _tree_thread_ids(pid):
         try:
@@ -97,7 +98,7 @@ def pinned_cpus(pid: int) -> frozenset[int]:
 
 def cpus_besides(taken: frozenset[int]) -> frozenset[int] | None:
     """The cores this process may use minus ``taken``; None when nothing is taken or nothing would be left."""
-    rest = _available() - taken
+    rest = available_cpus() - taken
     return rest if taken and rest else None
 
 
@@ -122,7 +123,7 @@ def lower_floating_threads(pid: int, niceness: int = FLOATING_NICENESS) -> int:
     thread already at a lower priority is left as it is (raising one needs privileges)."""
     if not hasattr(os, "setpriority") or not pinned_cpus(pid):
         return 0
-    every = _available()
+    every = available_cpus()
     lowered = 0
     for tid in _tree_thread_ids(pid):
         try:

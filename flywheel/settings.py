@@ -29,6 +29,9 @@ def _split_csv(value: object) -> object:
     return value
 
 
+MAX_WORKERS = 64  # gateway processes per port (each owns a spool slot: gateway/spool_slot.py)
+
+
 class Settings(BaseSettings):
     """Every knob an operator may turn. Field names map to ``FLYWHEEL_<NAME>``."""
 
@@ -42,6 +45,10 @@ class Settings(BaseSettings):
     # --- gateway ---------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(
+        1, ge=1, le=MAX_WORKERS,
+        description="gateway processes serving the port: one per core the gateway may use (gateway/workers.py)",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="chat keys")
     admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="operator keys")
     max_body_bytes: int = 1_000_000

@@ -2,7 +2,8 @@
 
 ``/healthz`` says the process is up. ``/readyz`` says it can serve: the registry answers (or, during a
 database outage, the routing table it last read is recent enough to route on) and the stable policy's
-vLLM server is healthy. ``/metrics`` renders this app's own Prometheus registry.
+vLLM server is healthy. ``/metrics`` renders this app's own Prometheus registry (every worker's, when
+several serve the port: ``gateway.telemetry.render_metrics``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Callable
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from gateway.backends import BackendPool
+from gateway.telemetry import render_metrics
 
 
 def build_health_router(
@@ -36,6 +38,6 @@ def build_health_router(
 
     @router.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(render_metrics(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -3,13 +3,16 @@
 - OpenTelemetry SDK tracing: a span per pipeline stage; OTLP/HTTP export only when an endpoint is
   configured (none by default, so nothing leaves the machine).
 - Prometheus metrics in a registry owned by this object (not the global one), so several gateway
-  apps can live in one process (tests) without duplicate-registration errors.
+  apps can live in one process (tests) without duplicate-registration errors. When several worker
+  processes serve one port (gateway/workers.py), each also writes its values to prometheus_client's
+  multiprocess files and ``/metrics`` sums every worker's.
 - JSON logs (python-json-logger) carrying the response id and trace id.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -18,9 +21,12 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from pythonjsonlogger.json import JsonFormatter
 
+# prometheus_client's own switch: set (by gateway.workers) before a worker imports it, its values live
+# in files in this directory, one set per process.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -75,7 +81,20 @@ class GatewayMetrics:
         self.tokens = Counter(
             "flywheel_completion_tokens", "Completion tokens served", ["policy_version"], registry=r
         )
-        self.in_flight = Gauge("flywheel_requests_in_flight", "Chat requests in progress", registry=r)
+        self.in_flight = Gauge(
+            "flywheel_requests_in_flight", "Chat requests in progress", registry=r, multiprocess_mode="livesum"
+        )
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    """The text exposition of ``/metrics``: this process's registry, or with several workers every
+    worker's values summed (a scrape reaches one worker; the canary guardrail needs all of them)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return generate_latest(registry)
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged, path=directory)
+    return generate_latest(merged)
 
 
 @dataclass

@@ -7,6 +7,7 @@ serves immediately.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 
 from fastapi import FastAPI
@@ -18,7 +19,7 @@ from deploy.canary.plan import RolloutPlan
 from feedback.producer import EventProducer
 from feedback.tokens import FeedbackTokenSigner
 from flywheel.db import create_schema, make_engine
-from flywheel.settings import Settings
+from flywheel.settings import MAX_WORKERS, Settings
 from gateway.admin.canary_service import CanaryService
 from gateway.admin.metrics_service import MetricsService
 from gateway.admin.service import AdapterLoader, AdminService
@@ -33,6 +34,7 @@ from gateway.grounding.stage import GroundingStage
 from gateway.feedback.service import FeedbackService
 from gateway.interactions import InteractionRecorder
 from gateway.routing.cache import RoutingTableCache
+from gateway.spool_slot import claim_spool, spool_base
 from gateway.telemetry import Telemetry, configure_json_logging
 from gateway.ratelimit import TokenBucketLimiter
 from policies.lora_directory import DirectoryAdapterLoader
@@ -67,9 +69,10 @@ def build_gateway(settings: Settings) -> FastAPI:
     )
     telemetry = Telemetry.create("flywheel-gateway", settings.otlp_endpoint)
     routes = RoutingTableCache(registry, ttl_s=settings.registry_cache_s)
-    # One spool file per gateway process (a spool is single-writer): keyed by the port it serves.
-    spool_path = settings.spool_path or settings.var_dir / "spool" / f"gateway-{settings.port}.db"
-    producer = EventProducer(settings.model_copy(update={"spool_path": spool_path}), client_id="flywheel-gateway")
+    # One spool file per gateway process (a spool is single-writer): the first free slot of its port.
+    spool = claim_spool(spool_base(settings), settings.spool_max_bytes, max_slots=MAX_WORKERS)
+    log.info("gateway process %d: spool %s", os.getpid(), spool.path)
+    producer = EventProducer(settings, spool=spool, client_id="flywheel-gateway")
     recorder = InteractionRecorder(producer, settings.user_hash_salt)
     signer = FeedbackTokenSigner(_feedback_secret(settings), settings.feedback_token_ttl_s)
     wants_best_of_n = settings.max_best_of_n > 1

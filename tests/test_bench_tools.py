@@ -14,7 +14,7 @@ from flywheel.bench.feedback import markdown as feedback_markdown
 from flywheel.bench.loadgen import RESULT_MARKER, LoadGenError, WrkResult, lua_script, parse_wrk_output
 from flywheel.bench.report import provenance, replace_section, write_section
 from flywheel.bench.stub_server import build_routes
-from flywheel.bench.summary import HEADERS, Point, added_ms, max_rps, rows, target_checks
+from flywheel.bench.summary import HEADERS, Point, added_ms, markdown_section, max_rps, rows, target_checks
 
 WRK_TEXT = """\
 Running 5s test @ http://127.0.0.1:9001/v1/chat/completions
@@ -195,3 +195,10 @@ def test_feedback_placement_names_the_gateways_core() -> None:
     assert placement_text(None) == "all processes share the machine's cores"
     text = placement_text((frozenset({1}), frozenset({0})))
     assert "alone on core 1" in text and "share core(s) 0" in text
+
+
+def test_the_gateway_section_says_how_many_processes_each_proxy_ran() -> None:
+    points = [_pt("stub", "direct", 1, 1000, 0.1, 0.2), _pt("stub", "flywheel", 1, 900, 0.9, 2.0)]
+    section = markdown_section(points, "- date: now", duration_s=5, rounds=1, max_tokens=16,
+                               workers={"stub": 2, "vllm": 1})  # fmt: skip
+    assert "each run N processes on one port: 2 in front of `stub`, 1 in front of `vllm`" in section

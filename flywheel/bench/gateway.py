@@ -148,8 +148,9 @@ def bench_one_backend(
     settings: Settings,
     opts: dict[str, object],
     console: Console,
-) -> list[Point]:
-    """Start the backend, Flywheel and LiteLLM in front of it, check each answers, then measure."""
+) -> tuple[list[Point], int]:
+    """Start the backend, Flywheel and LiteLLM in front of it, check each answers, then measure.
+    Returns the points and how many processes each proxy ran."""
     work = settings.var_dir / "bench"
     with contextlib.ExitStack() as stack:
         console.print(f"[bold]{name}[/]: starting backend, Flywheel and LiteLLM …")
@@ -158,17 +159,21 @@ def bench_one_backend(
         else:
             model_dir = pick_seed_model(settings, console)
             backend = services.start_vllm(stack, work / "vllm", model_dir, settings)
-        gw = services.start_flywheel(stack, work / f"flywheel-{name}", backend)
+        workers = int(opts["workers"]) or backend.proxy_core_count  # type: ignore[call-overload]
+        console.print(f"  Flywheel and LiteLLM run {workers} process(es) each")
+        gw = services.start_flywheel(stack, work / f"flywheel-{name}", backend,
+                                     extra_env={"FLYWHEEL_WORKERS": str(workers)})  # fmt: skip
         targets = [Target("direct", backend.url, None), Target("flywheel", gw.url, gw.api_key, gw.process.pid)]
         if opts["litellm"]:
-            proxy = start_litellm_proxy(work / "litellm-venv", work / f"litellm-{name}", backend.model, backend.url)
+            proxy = start_litellm_proxy(work / "litellm-venv", work / f"litellm-{name}", backend.model, backend.url,
+                                        workers=workers)  # fmt: skip
             stack.callback(proxy.stop)
             backend.keep_off(proxy.process.pid)  # off vLLM's cores, as Flywheel runs
             targets.append(Target("litellm", proxy.url, proxy.api_key, proxy.process.pid))
         body = request_body(backend.model, int(opts["max_tokens"]))  # type: ignore[call-overload]
         for t in targets:
             services.check_answers(t.url, t.api_key, body, expect_flywheel=t.path == "flywheel")
-        return measure_backend(
+        points = measure_backend(
             backend, targets, body,
             concurrencies=opts["concurrency"],  # type: ignore[arg-type]
             duration_s=float(opts["duration"]),  # type: ignore[arg-type]
@@ -176,6 +181,7 @@ def bench_one_backend(
             rounds=int(opts["rounds"]),  # type: ignore[call-overload]
             work=work, console=console,
         )  # fmt: skip
+        return points, workers
 
 
 def run(
@@ -188,6 +194,9 @@ def run(
     max_tokens: int = typer.Option(16, help="max_tokens of each request (what vLLM generates)"),
     litellm: bool = typer.Option(True, "--litellm/--no-litellm", help="also measure the LiteLLM proxy"),
     write: bool = typer.Option(True, "--write/--no-write", help="write the section to --out"),
+    workers: int = typer.Option(
+        0, min=0, help="processes each proxy runs (Flywheel and LiteLLM alike); 0: one per core the proxies may use"
+    ),
 ) -> None:
     """Added latency (p50/p99) and max throughput: direct vs Flywheel vs LiteLLM, over a stub and vLLM."""
     console = Console()
@@ -204,13 +213,16 @@ def run(
     settings = Settings()
     opts: dict[str, object] = {
         "concurrency": levels, "duration": duration, "warmup": warmup, "rounds": rounds,
-        "max_tokens": max_tokens, "litellm": litellm,
+        "max_tokens": max_tokens, "litellm": litellm, "workers": workers,
     }  # fmt: skip
     points: list[Point] = []
+    workers_by_backend: dict[str, int] = {}
     for name in chosen:
-        points += bench_one_backend(name, settings, opts, console)
+        measured, workers_by_backend[name] = bench_one_backend(name, settings, opts, console)
+        points += measured
     print_tables(points, console)
     if write:
-        section = markdown_section(points, provenance(), duration_s=duration, rounds=rounds, max_tokens=max_tokens)
+        section = markdown_section(points, provenance(), duration_s=duration, rounds=rounds, max_tokens=max_tokens,
+                                   workers=workers_by_backend)  # fmt: skip
         write_section(out, "gateway", section)
         console.print(f"wrote the gateway section of {out}")

@@ -83,8 +83,11 @@ class LiteLLMProxy:
         self.process.stop()
 
 
-def start_litellm_proxy(venv: Path, work_dir: Path, model: str, backend_url: str, timeout_s: float = 180) -> LiteLLMProxy:
-    """Write the config, start ``litellm`` on a free port and wait until it answers an authenticated call."""
+def start_litellm_proxy(
+    venv: Path, work_dir: Path, model: str, backend_url: str, timeout_s: float = 180, workers: int = 1
+) -> LiteLLMProxy:
+    """Write the config, start ``litellm`` (``workers`` processes) on a free port and wait until it
+    answers an authenticated call."""
     venv, work_dir = venv.resolve(), work_dir.resolve()  # the proxy runs with cwd=work_dir
     script = ensure_litellm_venv(venv, work_dir / "litellm-install.log")
     port = free_port()
@@ -101,7 +104,8 @@ def start_litellm_proxy(venv: Path, work_dir: Path, model: str, backend_url: str
         "NO_DOCS": "True",
     }
     env.pop("DATABASE_URL", None)
-    argv = [str(script), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    argv = [str(script), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+            "--num_workers", str(workers)]
     proc = ManagedProcess(f"litellm-{port}", argv, work_dir / f"litellm-{port}.log", env=env, cwd=work_dir)
     proc.start()
     url = f"http://127.0.0.1:{port}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from flywheel.cpus import cpus_besides, format_cpu_list, move_tree, pinned_cpus
+from flywheel.cpus import available_cpus, cpus_besides, format_cpu_list, move_tree, pinned_cpus
 from flywheel.procs import ManagedProcess, free_port
 from flywheel.settings import Settings
 from policies.vllm_server import VLLMServer, VLLMServerConfig
@@ -42,6 +42,11 @@ class Backend:
     def proxy_cpus(self) -> frozenset[int] | None:
         """Where what runs in front goes: every other core (None: anywhere)."""
         return cpus_besides(self.pinned)
+
+    @property
+    def proxy_core_count(self) -> int:
+        """How many cores what runs in front may use: the default worker count of each proxy."""
+        return len(self.proxy_cpus or available_cpus()) or 1
 
     def keep_off(self, pid: int | None) -> None:
         """Move a running process tree in front of this backend onto ``proxy_cpus``."""

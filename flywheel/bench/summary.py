@@ -155,7 +155,16 @@ def _md_table(headers: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_section(points: list[Point], provenance: str, *, duration_s: float, rounds: int, max_tokens: int) -> str:
+def workers_text(workers: dict[str, int]) -> str:
+    """How many processes each proxy ran, per backend (Flywheel and LiteLLM always run as many)."""
+    each = ", ".join(f"{n} in front of `{backend}`" for backend, n in workers.items())
+    return (f"Flywheel (`flywheel serve --workers N`) and LiteLLM (`--num_workers N`) each run N processes on "
+            f"one port: {each} (one per core the proxies may use, unless `--workers` says otherwise).")
+
+
+def markdown_section(
+    points: list[Point], provenance: str, *, duration_s: float, rounds: int, max_tokens: int, workers: dict[str, int]
+) -> str:
     checks = [[t.name, _fmt(t.measured), t.goal, {True: "yes", False: "**no**", None: "–"}[t.ok]]
               for t in target_checks(points)]  # fmt: skip
     return "\n\n".join([
@@ -166,8 +175,9 @@ def markdown_section(points: list[Point], provenance: str, *, duration_s: float,
         f"the same non-streaming request everywhere (`max_tokens={max_tokens}`, temperature 0). "
         "*Added* = path percentile − direct percentile at the same concurrency. "
         "`stub` is a zero-latency OpenAI stub (`flywheel.bench.stub_server`), isolating the proxy's own "
-        "cost; `vllm` is vLLM on the seed policy. LiteLLM is `litellm[proxy]==1.100.5`, one worker, "
-        "plain pass-through (master key, no database, no callbacks). wrk, the backend and the proxy "
+        "cost; `vllm` is vLLM on the seed policy. LiteLLM is `litellm[proxy]==1.100.5`, "
+        "plain pass-through (master key, no database, no callbacks). " + workers_text(workers) + " "
+        "wrk, the backend and the proxy "
         "share the machine's cores, so a proxy's CPU use also slows the load generator and the backend; "
         "in front of vLLM both proxies (and Flywheel's broker) run on the cores vLLM's CPU worker is not "
         "pinned to, and vLLM's floating threads (API server, busy-polling engine core) run at nice 10, "

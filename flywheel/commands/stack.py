@@ -35,30 +35,51 @@ def up(
 def serve(
     port: int = typer.Option(None, help="port (default FLYWHEEL_PORT or 8000)"),
     host: str = typer.Option(None, help="host (default FLYWHEEL_HOST or 127.0.0.1)"),
+    workers: int = typer.Option(None, help="gateway processes serving the port (default FLYWHEEL_WORKERS or 1)"),
 ) -> None:
     """Run the gateway alone, against FLYWHEEL_VLLM_URL and FLYWHEEL_DATABASE_URL."""
+    import os
+
     import uvicorn
+    from pydantic import ValidationError
 
     from flywheel.cpus import pin_this_process
     from flywheel.procs import PortInUseError, ensure_port_free
     from gateway.http_protocol import protocol_with_read_timeout
-    from gateway.wiring import build_gateway
+    from gateway.telemetry import configure_json_logging
+    from gateway.workers import prepare_supervisor, warn_stranded_spools
 
-    overrides = {k: v for k, v in {"port": port, "host": host}.items() if v is not None}
-    settings = Settings(**overrides)
-    if settings.cpu_set:  # first thing: threads started from here on inherit it
+    overrides = {k: v for k, v in {"port": port, "host": host, "workers": workers}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    if settings.cpu_set:  # first thing: threads (and worker processes) started from here on inherit it
         pin_this_process(settings.cpu_set)
     try:
         ensure_port_free(settings.host, settings.port, "the gateway")
     except PortInUseError as exc:
         _fail(str(exc))
-    app = build_gateway(settings)
     # The connection cap is uvicorn's own (it counts connections and running requests and answers a plain
     # 503 before any app code runs); it sits above FLYWHEEL_MAX_IN_FLIGHT so that chat clients meet the
     # OpenAI-shaped 429 first and only a flood of connections meets the 503. A request that arrives too
     # slowly (slowloris) meets a 408 (gateway.http_protocol). Nothing reads the client's address (limits
     # go by key and user), so uvicorn's X-Forwarded-For rewriting would cost every request for nothing.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                proxy_headers=False, limit_concurrency=settings.max_connections,
-                timeout_keep_alive=settings.keep_alive_s,
-                http=protocol_with_read_timeout(settings.request_read_timeout_s))  # fmt: skip
+    common = {
+        "host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
+        "proxy_headers": False, "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": settings.keep_alive_s,
+    }  # fmt: skip
+    configure_json_logging(settings.log_level)
+    if settings.workers == 1:
+        from gateway.wiring import build_gateway  # the supervisor of several workers never builds an app
+
+        warn_stranded_spools(settings)
+        uvicorn.run(build_gateway(settings), http=protocol_with_read_timeout(settings.request_read_timeout_s), **common)
+        return
+    # The workers read their settings from the environment they inherit: pass the command line's on.
+    os.environ.update({"FLYWHEEL_PORT": str(settings.port), "FLYWHEEL_HOST": settings.host,
+                       "FLYWHEEL_WORKERS": str(settings.workers)})  # fmt: skip
+    prepare_supervisor(settings)
+    uvicorn.run("gateway.workers:create_worker_app", factory=True, workers=settings.workers,
+                http="gateway.workers:WorkerHttpProtocol", **common)  # fmt: skip

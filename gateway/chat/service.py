@@ -8,9 +8,11 @@ path and drop fields vLLM adds. The interaction leaves on the side through the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from opentelemetry import trace
@@ -32,6 +34,7 @@ from policies.registry_models import RouteEntry
 from safety.refusal import refusal_chunks, refusal_completion
 
 ROUTED_MODEL = "flywheel"
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)  # reusable: nullcontext keeps no state
 log = logging.getLogger("flywheel.gateway.chat")
 
 
@@ -145,6 +148,14 @@ class ChatService:
         obj.update(extra)
         return obj
 
+    def _stage(self, name: str) -> AbstractContextManager[trace.Span]:
+        """A child span for one pipeline stage when the request's trace is recorded (an OTLP endpoint is
+        set). A sampled-out trace keeps its root span (its id is X-Trace-Id and is in the logs) but no
+        children: they would never leave the process, and four of them cost ~4 % of the request's CPU."""
+        if trace.get_current_span().is_recording():
+            return self.telemetry.tracer.start_as_current_span(name)
+        return _NO_SPAN
+
     # --- non-streaming ----------------------------------------------------------------------
     async def complete(self, req: ChatCompletionRequest, sticky_key: str | None) -> dict[str, Any]:
         self.check_limits(req)
@@ -157,26 +168,25 @@ class ChatService:
     async def _complete(self, req: ChatCompletionRequest, sticky_key: str | None) -> dict[str, Any]:
         started = time.perf_counter()
         response_id = new_response_id()
-        tracer = self.telemetry.tracer
-        with tracer.start_as_current_span("input_stages"):
+        with self._stage("input_stages"):
             prepared = await self.pipeline.prepare(req)
         target, pinned = self.route(req.model, sticky_key)
         k = self.pipeline.best_of_n(req, target.best_of_n)
         if prepared.blocked:
             return self._refuse(req, response_id, target, prepared, started)
-        with tracer.start_as_current_span("generate") as span:
+        with self._stage("generate") as span:
             result, target = await self.upstream.complete(
                 target, pinned, lambda e: req.upstream_body(e.served_model_name, prepared.messages, n=k if k > 1 else None)
             )
             span.set_attribute("flywheel.policy_version", target.version_id)
         choices = result.get("choices") or []
         texts = [(c.get("message") or {}).get("content") or "" for c in choices]
-        with tracer.start_as_current_span("choose"):
+        with self._stage("choose"):
             choice = await self.pipeline.choose(prepared.messages, texts) if k > 1 else None
         if choice is not None:
             chosen = dict(choices[choice.index], index=0)
             result["choices"] = [chosen]
-        with tracer.start_as_current_span("output_safety"):
+        with self._stage("output_safety"):
             outputs = [self._check_choice(c) for c in result.get("choices") or []]
         extra: dict[str, Any] = {"safety": safety_report(prepared, outputs)}
         if choice is not None:
