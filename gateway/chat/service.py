@@ -151,7 +151,8 @@ class ChatService:
     def _stage(self, name: str) -> AbstractContextManager[trace.Span]:
         """A child span for one pipeline stage when the request's trace is recorded (an OTLP endpoint is
         set). A sampled-out trace keeps its root span (its id is X-Trace-Id and is in the logs) but no
-        children: they would never leave the process, and four of them cost ~4 % of the request's CPU."""
+        children: they would never leave the process, and the span calls took ~4 % of the gateway's samples
+        in a py-spy profile at 32 connections over the stub."""
         if trace.get_current_span().is_recording():
             return self.telemetry.tracer.start_as_current_span(name)
         return _NO_SPAN
