@@ -134,6 +134,37 @@ def test_a_killed_worker_is_replaced_and_takes_its_spool_back(pool: GatewayHandl
     assert requests_counted(pool) == counted + 16
 
 
+def versions_served(gw: GatewayHandle, n: int) -> set[str]:
+    """The policy versions that ``n`` routed requests, each on a connection of its own, were answered by."""
+
+    def one(_: int) -> str:
+        with openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0) as client:
+            answer = client.chat.completions.create(
+                model="flywheel", messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0,
+                extra_body={"grounding": False},
+            )  # fmt: skip
+        return str(answer.model_extra["flywheel"]["policy_version"])  # type: ignore[index]
+
+    with ThreadPoolExecutor(8) as threads:
+        return set(threads.map(one, range(n)))
+
+
+def test_an_operator_change_reaches_every_worker_live(
+    pool: GatewayHandle, vllm_server, seed_model_dir: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """Made through whichever worker answers the admin call, read by each from the registry."""
+    full = {"kind": "full", "path": str(seed_model_dir), "parent": "seed", "endpoint": vllm_server.url,
+            "served_model_name": vllm_server.config.served_model_name}  # fmt: skip
+    with pool.admin() as admin:
+        created = admin.post("/admin/policies", json=full)
+        assert created.status_code == 201, created.text
+        canary = created.json()["id"]
+        assert admin.post(f"/admin/policies/{canary}/weight", json={"weight": 1.0}).status_code == 200
+        wait_until(lambda: versions_served(pool, 24) == {canary}, 30, "every worker routing to the canary")
+        assert admin.post(f"/admin/policies/{canary}/rollback", json={"reason": "workers test"}).status_code == 200
+        wait_until(lambda: versions_served(pool, 24) == {"seed"}, 30, "every worker back on stable")
+
+
 def test_serve_rejects_a_bad_worker_count_in_one_line() -> None:
     out = subprocess.run([sys.executable, "-m", "flywheel.cli", "serve", "--workers", "0"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
