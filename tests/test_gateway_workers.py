@@ -61,14 +61,19 @@ def metrics_dir(gw: GatewayHandle) -> Path:
     return gw.var_dir / "metrics" / f"gateway-{port(gw)}"
 
 
-def ask(gw: GatewayHandle) -> str:
-    """One chat request on a connection of its own (so the kernel may hand it to either worker)."""
+def flywheel_object(gw: GatewayHandle, max_tokens: int = 2) -> dict:
+    """One routed chat request on a connection of its own (so the kernel may hand it to either worker);
+    returns the answer's ``flywheel`` object."""
     with openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0) as client:
         answer = client.chat.completions.create(
-            model="flywheel", messages=[{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0,
+            model="flywheel", messages=[{"role": "user", "content": "Hi"}], max_tokens=max_tokens, temperature=0,
             extra_body={"grounding": False},
         )  # fmt: skip
-    return str(answer.model_extra["flywheel"]["response_id"])  # type: ignore[index]
+    return dict(answer.model_extra["flywheel"])  # type: ignore[index]
+
+
+def ask(gw: GatewayHandle) -> str:
+    return str(flywheel_object(gw)["response_id"])
 
 
 def ask_many(gw: GatewayHandle, n: int) -> int:
@@ -136,17 +141,8 @@ def test_a_killed_worker_is_replaced_and_takes_its_spool_back(pool: GatewayHandl
 
 def versions_served(gw: GatewayHandle, n: int) -> set[str]:
     """The policy versions that ``n`` routed requests, each on a connection of its own, were answered by."""
-
-    def one(_: int) -> str:
-        with openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0) as client:
-            answer = client.chat.completions.create(
-                model="flywheel", messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0,
-                extra_body={"grounding": False},
-            )  # fmt: skip
-        return str(answer.model_extra["flywheel"]["policy_version"])  # type: ignore[index]
-
     with ThreadPoolExecutor(8) as threads:
-        return set(threads.map(one, range(n)))
+        return set(threads.map(lambda _: str(flywheel_object(gw, max_tokens=1)["policy_version"]), range(n)))
 
 
 def test_an_operator_change_reaches_every_worker_live(
