@@ -110,3 +110,18 @@ def test_checksums() -> None:
     assert not iban_valid("DE89370400440532013001")
     assert normalise("a\u200bb\uff10") == "ab0"
     assert redact("").text == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("no digits, no at sign: jane (at) example (dot) org", "no digits, no at sign: [EMAIL]"),
+        ("a digit-free IPv6 abcd:ef01::beef here", "a digit-free IPv6 [IP] here"),
+        ("fullwidth digits ４１１１ １１１１ １１１１ １１１１ are digits", "fullwidth digits [CARD] are digits"),
+        ("one: colon and (brackets) stay as they are", "one: colon and (brackets) stay as they are"),
+    ],
+)
+def test_text_without_the_characters_a_pattern_needs_skips_only_that_pattern(text: str, expected: str) -> None:
+    """redact() skips a scan where its pattern cannot match (no '@' or bracket, fewer than two ':', no
+    digit after the unicode fold); text that has what a pattern needs is still redacted."""
+    assert redact(text).text == expected
