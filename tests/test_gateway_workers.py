@@ -33,7 +33,9 @@ pytestmark = [pytest.mark.vllm, pytest.mark.broker]
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory, vllm_server, seed_model_dir, broker, gateway_shared_env) -> Iterator[GatewayHandle]:  # type: ignore[no-untyped-def]
+def pool(  # type: ignore[no-untyped-def]
+    tmp_path_factory, vllm_server, seed_model_dir, broker, gateway_shared_env
+) -> Iterator[GatewayHandle]:
     handle = start_gateway(
         tmp_path_factory.mktemp("workers"), vllm_server.url, seed_model_dir, vllm_server.config.served_model_name,
         broker.bootstrap, {"FLYWHEEL_WORKERS": "2"}, shared=gateway_shared_env,
