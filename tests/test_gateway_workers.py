@@ -169,3 +169,17 @@ def test_serve_rejects_a_bad_worker_count_in_one_line() -> None:
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "workers" in lines[0] and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_dead_workers_in_flight_gauge_is_dropped_and_a_live_ones_kept(tmp_path: Path) -> None:
+    from gateway.workers import forget_dead_workers
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+    for pid in (gone, str(os.getpid())):
+        (tmp_path / f"gauge_livesum_{pid}.db").write_bytes(b"")
+        (tmp_path / f"counter_{pid}.db").write_bytes(b"")
+    forget_dead_workers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{gone}.db", f"counter_{os.getpid()}.db", f"gauge_livesum_{os.getpid()}.db"]
+    )
