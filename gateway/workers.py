@@ -26,6 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
+import psutil
 from fastapi import FastAPI
 
 from flywheel.settings import Settings
@@ -76,18 +77,8 @@ def forget_dead_workers(metrics_dir: Path) -> None:
 
     for path in metrics_dir.glob("gauge_live*_*.db"):
         pid = path.stem.rsplit("_", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             multiprocess.mark_process_dead(int(pid), str(metrics_dir))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def create_worker_app() -> FastAPI:

@@ -73,4 +73,3 @@ def test_an_exported_trace_has_a_span_per_stage_under_the_clients_trace_id(
     spans = sink.of_trace(trace_id)
     (root,) = [s for s in spans if s[3] == "POST /v1/chat/completions"]
     assert {s[3] for s in spans if s[2] == root[1]} >= STAGES  # each stage a child of the request's span
-
