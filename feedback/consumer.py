@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy.exc import SQLAlchemyError
 
 from feedback.events import Event, EventDecodeError, decode_event
+from feedback.kafka_io import Crc32Partitioner
 from feedback.store import FeedbackStore, StoreError
 from feedback.topics import topics_from_settings
 from flywheel.settings import Settings
@@ -123,6 +124,7 @@ class FeedbackConsumer:
         }
         self._dlq = KafkaProducer(
             client_id=f"{self._client_id}-dlq",
+            partitioner=Crc32Partitioner(),
             acks="all",
             enable_idempotence=False,
             linger_ms=0,
