@@ -32,9 +32,9 @@ class Crc32Partitioner(DefaultPartitioner):
 
     Keyed events of one response must land on one partition, in every topic with the same partition
     count; any stable hash does that. murmur2 matters only for agreeing with Java clients on where a
-    key goes, and every producer of our topics is ours and uses this class. It cost 14 µs per event
-    on the gateway's event loop (CRC-32: 0.2 µs), about 2 % of a proxied chat request. Records
-    without a key are placed as the default partitioner places them.
+    key goes, and every producer of our topics is ours and uses this class. The default's partition()
+    took 9.5 µs per keyed event on the gateway's event loop here (this one 0.7 µs), about 2 % of a
+    proxied chat request. Records without a key are placed as the default partitioner places them.
     """
 
     def partition(  # type: ignore[override]
