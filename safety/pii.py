@@ -252,16 +252,15 @@ def redact(text: str) -> RedactionResult:
     # text has none of them, and the scans were most of the cost of redacting it.
     if "@" in out or "[" in out or "(" in out:
         out = _sub(_EMAIL, out, counts, "EMAIL")
-    if _DIGIT.search(out) is None:
-        if out.count(":") >= 2:
-            out = _sub(_IPV6, out, counts, "IP", _ipv6_valid)
-        return RedactionResult(out, counts)
-    out = _sub_windows(_IBAN, out, counts, "IBAN", iban_valid)
-    out = _sub_windows(_CARD, out, counts, "CARD", _card_valid)
+    has_digit = _DIGIT.search(out) is not None
+    if has_digit:
+        out = _sub_windows(_IBAN, out, counts, "IBAN", iban_valid)
+        out = _sub_windows(_CARD, out, counts, "CARD", _card_valid)
     if out.count(":") >= 2:
         out = _sub(_IPV6, out, counts, "IP", _ipv6_valid)
-    out = _sub(_IPV4, out, counts, "IP")
-    out = _sub(_PHONE_INTL, out, counts, "PHONE", _intl_phone)
-    out = _sub(_PHONE_US, out, counts, "PHONE")
-    out = _sub(_PHONE_NATIONAL, out, counts, "PHONE", _national_phone)
+    if has_digit:
+        out = _sub(_IPV4, out, counts, "IP")
+        out = _sub(_PHONE_INTL, out, counts, "PHONE", _intl_phone)
+        out = _sub(_PHONE_US, out, counts, "PHONE")
+        out = _sub(_PHONE_NATIONAL, out, counts, "PHONE", _national_phone)
     return RedactionResult(out, counts)
