@@ -22,6 +22,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.coalescing_transport import CoalescingTransport
+
 _BODY = b"the request was not received in time"
 
 
@@ -35,7 +37,8 @@ class ReadDeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._read_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # One send() per answer instead of uvicorn's two (head, then body): see coalescing_transport.
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
