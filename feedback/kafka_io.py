@@ -49,11 +49,14 @@ class Crc32Partitioner(DefaultPartitioner):
         return int(ordered[zlib.crc32(serialized_key) % len(ordered)])
 
 
-def connect_producer(settings: Settings, client_id: str, topics: Sequence[str]) -> KafkaProducer | None:
+def connect_producer(
+    settings: Settings, client_id: str, topics: Sequence[str], linger_ms: int | None = None
+) -> KafkaProducer | None:
     """A producer for the request path, or None if the broker is unreachable right now.
 
     acks=all; no idempotence (Tansu forgets producer ids on restart); ``max_block_ms=0`` so send()
-    never blocks; short bootstrap timeout so the background thread retries quickly.
+    never blocks; short bootstrap timeout so the background thread retries quickly. ``linger_ms``
+    defaults to ``settings.producer_linger_ms``.
     """
     try:
         producer = KafkaProducer(
@@ -61,7 +64,7 @@ def connect_producer(settings: Settings, client_id: str, topics: Sequence[str]) 
             client_id=client_id,
             acks="all",
             enable_idempotence=False,
-            linger_ms=settings.producer_linger_ms,
+            linger_ms=settings.producer_linger_ms if linger_ms is None else linger_ms,
             batch_size=64 * 1024,
             compression_type=settings.producer_compression,
             partitioner=Crc32Partitioner(),

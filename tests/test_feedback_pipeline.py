@@ -127,6 +127,33 @@ def test_roundtrip_store_and_pii(feedback_settings: Settings, store_engine: Engi
     producer.close()
 
 
+def test_ratings_do_not_wait_behind_the_interactions_linger(feedback_settings: Settings) -> None:
+    """Interactions batch for ``producer_log_linger_ms``; a rating's ack waits only ``producer_linger_ms``.
+
+    With the interactions' linger far longer than the test, the rating is acked by Kafka (not spooled
+    after its timeout) while every interaction is still batching; closing the producer delivers them.
+    """
+    settings = feedback_settings.model_copy(
+        update={"producer_log_linger_ms": 600_000, "producer_linger_ms": 0, "producer_durable_timeout_s": 20.0,
+                "producer_delivery_timeout_ms": 700_000}
+    )
+    ensure_topics(settings.effective_kafka_bootstrap, topics_from_settings(settings))
+    producer = EventProducer(settings)
+    try:
+        assert producer.wait_connected(10)
+        for i in range(5):
+            producer.log(_interaction(1000 + i, settings))
+        producer.send_durable(_rating(1000))
+        stats = producer.stats()
+        assert (stats.sent, stats.spooled) == (1, 0), stats  # the rating, acked; no interaction yet
+    finally:
+        producer.close()
+    stats = producer.stats()
+    assert (stats.sent, stats.spooled, stats.failed) == (6, 0, 0), stats
+    wire = _read_topic(settings.effective_kafka_bootstrap, settings.topic_interactions)
+    assert {json.loads(v)["response_id"] for _, v, _ in wire} >= {f"resp-{1000 + i}" for i in range(5)}
+
+
 PAUSE_EVENTS = int(os.environ.get("FLYWHEEL_TEST_PAUSE_EVENTS", "150"))
 
 
