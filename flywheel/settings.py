@@ -129,7 +129,9 @@ class Settings(BaseSettings):
     user_hash_salt: str = Field("flywheel-dev-salt", description="salt for hashing user ids; set in production")
     spool_path: Path | None = Field(None, description="durable producer spool; unset = var/spool/events.db")
     spool_max_bytes: int = 256 * 1024 * 1024
-    producer_linger_ms: int = Field(20, description="batching delay of acked sends (ratings) and spool replay; 20 ms measured 30-40k msg/s here")
+    producer_linger_ms: int = Field(
+        20, ge=0, description="batching delay of acked sends (ratings) and spool replay; 20 ms measured 30-40k msg/s"
+    )
     producer_log_linger_ms: int = Field(
         100, ge=0,
         description="batching delay of fire-and-forget events (interactions): nobody waits on them, and each produce "
