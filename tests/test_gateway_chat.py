@@ -10,6 +10,7 @@ import pytest
 
 from flywheel.procs import free_port
 from tests.fixtures.gateway import GatewayHandle
+from tests.fixtures.vllm import ABORT_TRIES, TokenMeter
 
 pytestmark = pytest.mark.vllm
 
@@ -176,23 +177,33 @@ def test_metrics_and_health(gateway: GatewayHandle) -> None:
 
 
 async def test_client_disconnect_cancels_upstream(gateway: GatewayHandle, vllm_server) -> None:  # type: ignore[no-untyped-def]
-    """Closing the stream early must abort the vLLM request, not leave it generating."""
-    async with httpx.AsyncClient(timeout=30) as http:
-        async with http.stream(
-            "POST", f"{gateway.v1}/chat/completions",
-            headers={"Authorization": f"Bearer {gateway.api_key}"},
-            json={"model": "flywheel", "messages": MESSAGES, "max_tokens": 1000, "stream": True,
-                  "ignore_eos": True},
-        ) as resp:  # fmt: skip
-            async for _ in resp.aiter_lines():
+    """Closing the stream early must abort the vLLM request, not leave it generating. The proof is vLLM's
+    token counter: fewer than max_tokens generated, none after the close. The generation is as long as the
+    context allows (~5 s), so a request vLLM kept generating cannot pass for one it stopped; a test process
+    stalled longer than that before the close loses the race, which is tried again (ABORT_TRIES)."""
+    max_tokens = 1500
+    body = {"model": "flywheel", "messages": MESSAGES, "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
+    meter = TokenMeter(vllm_server)
+    generated: list[float] = []
+    try:
+        for _ in range(ABORT_TRIES):
+            tokens0 = await meter.quiet()
+            async with httpx.AsyncClient(timeout=30) as http:
+                headers = {"Authorization": f"Bearer {gateway.api_key}"}
+                async with http.stream("POST", f"{gateway.v1}/chat/completions", headers=headers, json=body) as resp:
+                    assert resp.status_code == 200
+                    async for line in resp.aiter_lines():
+                        if line.startswith("data:"):
+                            break
+            tokens1 = await meter.quiet()
+            await asyncio.sleep(1.0)
+            assert (await meter.sample())[1] == tokens1, "vLLM kept generating after the client left"
+            generated.append(tokens1 - tokens0)
+            if generated[-1] < max_tokens:
                 break
-    for _ in range(50):
-        metrics = (await httpx.AsyncClient().get(f"{vllm_server.url}/metrics")).text
-        running = [l for l in metrics.splitlines() if l.startswith("vllm:num_requests_running")]
-        if running and all(float(l.rsplit(" ", 1)[1]) == 0 for l in running):
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"vLLM still running the request after the client left: {running}")
+    finally:
+        await meter.aclose()
+    assert generated[-1] < max_tokens, f"every request generated all {max_tokens} tokens: {generated}"
 
 
 async def test_concurrency_limit_answers_429(gateway_factory) -> None:  # type: ignore[no-untyped-def]

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import time
 from pathlib import Path
 
@@ -21,11 +20,10 @@ from flywheel.procs import ProcessStartError, free_port, port_is_free
 from policies.errors import PolicyHTTPError, PolicyTimeout, PolicyUnavailable
 from policies.vllm_client import PolicyClient
 from policies.vllm_server import VLLMServer, VLLMServerConfig
+from tests.fixtures.vllm import ABORT_TRIES, TokenMeter
 
 pytestmark = pytest.mark.vllm
 session_loop = pytest.mark.asyncio(loop_scope="session")
-# How often a test that races vLLM's generation against a stalled test process may lose that race.
-ABORT_TRIES = 3
 
 MESSAGES = [{"role": "user", "content": "Tell me about the kestrel."}]
 
@@ -39,16 +37,6 @@ def _gone(pid: int) -> bool:
 
 def _sdk(server: VLLMServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus sample over the series whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
-        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
 
 
 # --- lifecycle -----------------------------------------------------------------------------------
@@ -193,37 +181,6 @@ async def test_client_surfaces_vllm_400(policy_client: PolicyClient) -> None:
     assert streamed.value.status_code == 400
 
 
-class _TokenMeter:
-    """vLLM's own counters, read from /metrics: the proof that a request stopped generating.
-
-    No keep-alive: vLLM closes an idle connection after 5 s, and a poll reusing one just as it closed
-    failed with "Server disconnected without sending a response" on a busy host."""
-
-    def __init__(self, server: VLLMServer) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=server.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
-        )
-
-    async def sample(self) -> tuple[float, float]:
-        text = (await self.http.get("/metrics")).text
-        return _metric(text, "vllm:num_requests_running"), _metric(text, "vllm:generation_tokens_total")
-
-    async def quiet(self) -> float:
-        """The token counter once nothing runs and it has stood still for half a second: leftovers of
-        earlier tests must not be counted as the next request's tokens."""
-        last = -1.0
-        for _ in range(120):
-            running, tokens = await self.sample()
-            if running == 0 and tokens == last:
-                return tokens
-            last = tokens
-            await asyncio.sleep(0.5)
-        raise AssertionError("vLLM never went quiet")
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-
 @session_loop
 async def test_client_unreachable_and_timeout(vllm_server: VLLMServer) -> None:
     async with PolicyClient(f"http://127.0.0.1:{free_port()}", timeout_s=2.0, max_connections=4) as dead:
@@ -233,7 +190,7 @@ async def test_client_unreachable_and_timeout(vllm_server: VLLMServer) -> None:
     # The timed-out request is aborted upstream, not left to generate its 800 tokens (~2 s) for nobody.
     # A test process stalled for longer than that between the timeout and the abort loses the race;
     # that is tried again, up to ABORT_TRIES times (an abort that does not happen loses every time).
-    meter = _TokenMeter(vllm_server)
+    meter = TokenMeter(vllm_server)
     generated: list[float] = []
     try:
         async with PolicyClient(vllm_server.url, timeout_s=0.05, max_connections=4) as hasty:
@@ -250,7 +207,7 @@ async def test_client_unreachable_and_timeout(vllm_server: VLLMServer) -> None:
     assert generated[-1] < 800, f"every timed-out request generated all its tokens: {generated}"
 
 
-async def _close_after_three_chunks(policy_client: PolicyClient, meter: _TokenMeter, max_tokens: int) -> str:
+async def _close_after_three_chunks(policy_client: PolicyClient, meter: TokenMeter, max_tokens: int) -> str:
     """Stream a ``max_tokens`` generation, close it after three chunks, and say what vLLM did: "" when it
     stopped early and generated nothing after the close, else what went wrong."""
     tokens0 = await meter.quiet()
@@ -283,7 +240,7 @@ async def test_closing_a_stream_early_aborts_it_in_vllm(policy_client: PolicyCli
     stalled longer than that between the response head and its third chunk closes a finished stream; that
     lost race is tried again, up to ``ABORT_TRIES`` times (a close that aborts nothing loses every time)."""
     max_tokens = vllm_server.config.max_model_len - 64
-    meter = _TokenMeter(vllm_server)
+    meter = TokenMeter(vllm_server)
     failures: list[str] = []
     try:
         for _ in range(ABORT_TRIES):
