@@ -10,7 +10,7 @@ import pytest
 
 from flywheel.procs import free_port
 from tests.fixtures.gateway import GatewayHandle
-from tests.fixtures.vllm import ABORT_TRIES, TokenMeter
+from tests.fixtures.vllm import TokenMeter
 
 pytestmark = pytest.mark.vllm
 
@@ -183,24 +183,19 @@ async def test_client_disconnect_cancels_upstream(gateway: GatewayHandle, vllm_s
     stalled longer than that before the close loses the race, which is tried again (ABORT_TRIES)."""
     max_tokens = 1500
     body = {"model": "flywheel", "messages": MESSAGES, "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {gateway.api_key}"}
+
+    async def leave_after_the_first_chunk() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            async with http.stream("POST", f"{gateway.v1}/chat/completions", headers=headers, json=body) as resp:
+                assert resp.status_code == 200
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:"):
+                        break
+
     meter = TokenMeter(vllm_server)
-    generated: list[float] = []
     try:
-        for _ in range(ABORT_TRIES):
-            tokens0 = await meter.quiet()
-            async with httpx.AsyncClient(timeout=30) as http:
-                headers = {"Authorization": f"Bearer {gateway.api_key}"}
-                async with http.stream("POST", f"{gateway.v1}/chat/completions", headers=headers, json=body) as resp:
-                    assert resp.status_code == 200
-                    async for line in resp.aiter_lines():
-                        if line.startswith("data:"):
-                            break
-            tokens1 = await meter.quiet()
-            await asyncio.sleep(1.0)
-            assert (await meter.sample())[1] == tokens1, "vLLM kept generating after the client left"
-            generated.append(tokens1 - tokens0)
-            if generated[-1] < max_tokens:
-                break
+        generated = await meter.tries_until_stopped(leave_after_the_first_chunk, max_tokens)
     finally:
         await meter.aclose()
     assert generated[-1] < max_tokens, f"every request generated all {max_tokens} tokens: {generated}"
