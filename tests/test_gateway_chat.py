@@ -193,11 +193,8 @@ async def test_client_disconnect_cancels_upstream(gateway: GatewayHandle, vllm_s
                     if line.startswith("data:"):
                         break
 
-    meter = TokenMeter(vllm_server)
-    try:
+    async with TokenMeter(vllm_server) as meter:
         generated = await meter.tries_until_stopped(leave_after_the_first_chunk, max_tokens)
-    finally:
-        await meter.aclose()
     assert generated[-1] < max_tokens, f"every request generated all {max_tokens} tokens: {generated}"
 
 

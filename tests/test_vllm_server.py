@@ -188,17 +188,14 @@ async def test_client_unreachable_and_timeout(vllm_server: VLLMServer) -> None:
             await dead.chat_completions({"model": "seed", "messages": MESSAGES})
     # The timed-out request is aborted upstream, not left to generate its 800 tokens (~2 s) for nobody.
     long = {"model": "seed", "messages": MESSAGES, "max_tokens": 800, "ignore_eos": True, "temperature": 0}
-    meter = TokenMeter(vllm_server)
-    try:
-        async with PolicyClient(vllm_server.url, timeout_s=0.05, max_connections=4) as hasty:
+    hasty = PolicyClient(vllm_server.url, timeout_s=0.05, max_connections=4)
+    async with TokenMeter(vllm_server) as meter, hasty:
 
-            async def time_out() -> None:
-                with pytest.raises(PolicyTimeout):
-                    await hasty.chat_completions(long)
+        async def time_out() -> None:
+            with pytest.raises(PolicyTimeout):
+                await hasty.chat_completions(long)
 
-            generated = await meter.tries_until_stopped(time_out, 800)
-    finally:
-        await meter.aclose()
+        generated = await meter.tries_until_stopped(time_out, 800)
     assert generated[-1] < 800, f"every timed-out request generated all its tokens: {generated}"
 
 
@@ -225,11 +222,8 @@ async def test_closing_a_stream_early_aborts_it_in_vllm(policy_client: PolicyCli
         closed_after.append(round(time.monotonic() - started, 2))
         assert seen == 3, "the stream ended before we closed it"
 
-    meter = TokenMeter(vllm_server)
-    try:
+    async with TokenMeter(vllm_server) as meter:
         generated = await meter.tries_until_stopped(close_after_three_chunks, max_tokens)
-    finally:
-        await meter.aclose()
     assert generated[-1] < max_tokens, f"tokens per try {generated}, closed after {closed_after} s"
 
 
