@@ -202,3 +202,47 @@ def test_the_gateway_section_says_how_many_processes_each_proxy_ran() -> None:
     section = markdown_section(points, "- date: now", duration_s=5, rounds=1, max_tokens=16,
                                workers={"stub": 2, "vllm": 1})  # fmt: skip
     assert "each run N processes on one port: 2 in front of `stub`, 1 in front of `vllm`" in section
+
+
+def test_bare_path_is_listed_after_the_others_with_its_share_of_direct() -> None:
+    from flywheel.bench.summary import summary_rows
+
+    points = [
+        _pt("vllm", "bare", 32, 94, 320.0, 430.0), _pt("vllm", "flywheel", 32, 88, 330.0, 440.0),
+        _pt("vllm", "direct", 32, 100, 300.0, 400.0),
+    ]  # fmt: skip
+    assert [row[1] for row in rows(points)] == ["direct", "flywheel", "bare"]
+    shares = {row[1]: row[3] for row in summary_rows(points)}
+    assert shares == {"direct": "100.0%", "flywheel": "88.0%", "bare": "94.0%"}
+    assert target_checks(points)[4].measured == pytest.approx(0.88)  # the target stays Flywheel's
+
+
+def test_bare_proxy_forwards_bytes_and_status_from_every_worker(tmp_path: Path) -> None:
+    """Real processes: the stub behind a two-process bare proxy; both listen on the port, then all stop."""
+    import contextlib
+    import json
+
+    import httpx
+    import psutil
+
+    from flywheel.bench.bare_proxy import start_bare_proxy
+    from flywheel.bench.services import start_stub
+
+    with contextlib.ExitStack() as stack:
+        stub = start_stub(stack, tmp_path / "stub")
+        bare = start_bare_proxy(stack, tmp_path / "bare", stub.url, workers=2)
+        tree = [bare.process.pid, *(c.pid for c in psutil.Process(bare.process.pid).children(recursive=True))]
+        assert len(tree) == 2
+        body = {"model": stub.model, "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(timeout=5) as client:
+            answers = [client.post(f"{bare.url}/v1/chat/completions", json=body, headers={"Connection": "close"})
+                       for _ in range(20)]  # fmt: skip
+            missing = client.post(f"{bare.url}/v1/models")
+        assert {a.status_code for a in answers} == {200}
+        assert json.loads(answers[0].content)["object"] == "chat.completion"
+        assert missing.status_code == 404
+        port = int(bare.url.rsplit(":", 1)[1])
+        listening = {pid for pid in tree for conn in psutil.Process(pid).net_connections("tcp")
+                     if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port}  # fmt: skip
+        assert listening == set(tree)  # both processes hold the port (SO_REUSEPORT)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in tree)

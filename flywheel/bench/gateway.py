@@ -1,9 +1,10 @@
 """`flywheel bench gateway`: what Flywheel adds to a request, next to what the LiteLLM proxy adds.
 
 For each backend (a zero-latency stub, to isolate the proxy's own cost, and real vLLM on the seed
-policy) the same request is sent three ways — straight to the backend, through Flywheel, through
-LiteLLM — with wrk, at each concurrency. The three paths are measured interleaved, point by point, in
-one run, so a busy neighbour on a shared machine slows all of them alike. Added latency is the path's
+policy) the same request is sent four ways — straight to the backend, through Flywheel, through
+LiteLLM, and through the barest Python pass-through (``bare_proxy``: the floor any Python hop pays
+here) — with wrk, at each concurrency. The paths are measured interleaved, point by point, in one
+run, so a busy neighbour on a shared machine slows all of them alike. Added latency is the path's
 percentile minus the direct one at the same concurrency; max throughput is the best requests/s over
 the concurrencies tried.
 """
@@ -21,13 +22,14 @@ import typer
 from rich.console import Console
 
 from flywheel.bench import services
+from flywheel.bench.bare_proxy import start_bare_proxy
 from flywheel.bench.litellm_proxy import start_litellm_proxy
 from flywheel.bench.loadgen import LoadGenError, WrkResult, run_wrk, wrk_path
 from flywheel.bench.report import provenance, write_section
 from flywheel.bench.summary import Point, markdown_section, print_tables
 from flywheel.settings import Settings
 
-PATHS = ("direct", "flywheel", "litellm")
+PATHS = ("direct", "flywheel", "litellm", "bare")
 PROMPT = "Say hello to the benchmark."
 
 
@@ -153,14 +155,14 @@ def bench_one_backend(
     Returns the points and how many processes each proxy ran."""
     work = settings.var_dir / "bench"
     with contextlib.ExitStack() as stack:
-        console.print(f"[bold]{name}[/]: starting backend, Flywheel and LiteLLM …")
+        console.print(f"[bold]{name}[/]: starting backend and the proxies in front of it …")
         if name == "stub":
             backend = services.start_stub(stack, work / "stub")
         else:
             model_dir = pick_seed_model(settings, console)
             backend = services.start_vllm(stack, work / "vllm", model_dir, settings)
         workers = int(opts["workers"]) or backend.proxy_core_count  # type: ignore[call-overload]
-        console.print(f"  Flywheel and LiteLLM run {workers} process(es) each")
+        console.print(f"  each proxy runs {workers} process(es)")
         gw = services.start_flywheel(stack, work / f"flywheel-{name}", backend,
                                      extra_env={"FLYWHEEL_WORKERS": str(workers)})  # fmt: skip
         targets = [Target("direct", backend.url, None), Target("flywheel", gw.url, gw.api_key, gw.process.pid)]
@@ -170,6 +172,10 @@ def bench_one_backend(
             stack.callback(proxy.stop)
             backend.keep_off(proxy.process.pid)  # off vLLM's cores, as Flywheel runs
             targets.append(Target("litellm", proxy.url, proxy.api_key, proxy.process.pid))
+        if opts["bare"]:
+            bare = start_bare_proxy(stack, work / f"bare-{name}", backend.url, workers=workers)
+            backend.keep_off(bare.process.pid)
+            targets.append(Target("bare", bare.url, None, bare.process.pid))
         body = request_body(backend.model, int(opts["max_tokens"]))  # type: ignore[call-overload]
         for t in targets:
             services.check_answers(t.url, t.api_key, body, expect_flywheel=t.path == "flywheel")
@@ -193,12 +199,13 @@ def run(
     rounds: int = typer.Option(1, help="repeat every point; the median of the rounds is reported"),
     max_tokens: int = typer.Option(16, help="max_tokens of each request (what vLLM generates)"),
     litellm: bool = typer.Option(True, "--litellm/--no-litellm", help="also measure the LiteLLM proxy"),
+    bare: bool = typer.Option(True, "--bare/--no-bare", help="also measure the barest Python pass-through"),
     write: bool = typer.Option(True, "--write/--no-write", help="write the section to --out"),
     workers: int = typer.Option(
         0, min=0, help="processes each proxy runs (Flywheel and LiteLLM alike); 0: one per core the proxies may use"
     ),
 ) -> None:
-    """Added latency (p50/p99) and max throughput: direct vs Flywheel vs LiteLLM, over a stub and vLLM."""
+    """Added latency (p50/p99) and max throughput: direct, Flywheel, LiteLLM, a bare proxy; over a stub and vLLM."""
     console = Console()
     try:
         wrk_path()
@@ -213,7 +220,7 @@ def run(
     settings = Settings()
     opts: dict[str, object] = {
         "concurrency": levels, "duration": duration, "warmup": warmup, "rounds": rounds,
-        "max_tokens": max_tokens, "litellm": litellm, "workers": workers,
+        "max_tokens": max_tokens, "litellm": litellm, "bare": bare, "workers": workers,
     }  # fmt: skip
     points: list[Point] = []
     workers_by_backend: dict[str, int] = {}

@@ -19,7 +19,7 @@ MIN_ADDED_MS = 0.01
 @dataclass
 class Point:
     backend: str
-    path: str  # "direct" | "flywheel" | "litellm"
+    path: str  # "direct" | "flywheel" | "litellm" | "bare"
     concurrency: int
     result: WrkResult
     # CPU the proxy's processes (all threads, children included) spent per answered request: what the
@@ -86,6 +86,9 @@ def target_checks(points: list[Point]) -> list[TargetCheck]:
     ]
 
 
+PATH_ORDER = ("direct", "flywheel", "litellm", "bare")
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
@@ -93,7 +96,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def rows(points: list[Point]) -> list[list[str]]:
     """One row per point: backend, path, c, req/s, p50, p99, added p50, added p99, proxy CPU, failures."""
     out = []
-    for p in sorted(points, key=lambda p: (p.backend, p.concurrency, ("direct", "flywheel", "litellm").index(p.path))):
+    for p in sorted(points, key=lambda p: (p.backend, p.concurrency, PATH_ORDER.index(p.path))):
         r = p.result
         is_direct = p.path == "direct"
         out.append([
@@ -117,7 +120,7 @@ def summary_rows(points: list[Point]) -> list[list[str]]:
     out = []
     for backend in sorted({p.backend for p in points}):
         direct, lite = max_rps(points, backend, "direct"), max_rps(points, backend, "litellm")
-        for path in ("direct", "flywheel", "litellm"):
+        for path in PATH_ORDER:
             best = max_rps(points, backend, path)
             if best is None:
                 continue
@@ -168,7 +171,7 @@ def markdown_section(
     checks = [[t.name, _fmt(t.measured), t.goal, {True: "yes", False: "**no**", None: "–"}[t.ok]]
               for t in target_checks(points)]  # fmt: skip
     return "\n\n".join([
-        "## Gateway overhead: direct vs Flywheel vs LiteLLM proxy",
+        "## Gateway overhead: direct vs Flywheel vs LiteLLM proxy vs a bare proxy",
         provenance.strip(),
         f"wrk, closed loop (each connection keeps one request in flight), {duration_s:g} s per point"
         f"{f', median of {rounds} rounds' if rounds > 1 else ''}, paths interleaved at each concurrency; "
@@ -176,10 +179,13 @@ def markdown_section(
         "*Added* = path percentile − direct percentile at the same concurrency. "
         "`stub` is a zero-latency OpenAI stub (`flywheel.bench.stub_server`), isolating the proxy's own "
         "cost; `vllm` is vLLM on the seed policy. LiteLLM is `litellm[proxy]==1.100.5`, "
-        "plain pass-through (master key, no database, no callbacks). " + workers_text(workers) + " "
+        "plain pass-through (master key, no database, no callbacks). `bare` is the barest Python "
+        "pass-through (`flywheel.bench.bare_proxy`: aiohttp server and client on uvloop, bytes forwarded "
+        "unchanged, no auth, no parsing, no recording), the floor any Python hop pays here; it runs as "
+        "many processes as Flywheel, on the same cores. " + workers_text(workers) + " "
         "wrk, the backend and the proxy "
         "share the machine's cores, so a proxy's CPU use also slows the load generator and the backend; "
-        "in front of vLLM both proxies (and Flywheel's broker) run on the cores vLLM's CPU worker is not "
+        "in front of vLLM the proxies (and Flywheel's broker) run on the cores vLLM's CPU worker is not "
         "pinned to, and vLLM's floating threads (API server, busy-polling engine core) run at nice 10, "
         "as `flywheel up` runs them (`flywheel/cpus.py`). "
         "*Proxy CPU* = CPU time of the proxy's processes (all threads) per answered request during the point.",
