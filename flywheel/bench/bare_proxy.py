@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def build_app(upstream: str) -> web.Application:
                 content_type="application/json",
             )
 
-    async def session(app: web.Application):  # type: ignore[no-untyped-def] - aiohttp's cleanup-context shape
+    async def session(app: web.Application) -> AsyncIterator[None]:  # aiohttp's cleanup-context shape
         app[session_key] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         yield
         await app[session_key].close()

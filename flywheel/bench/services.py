@@ -28,7 +28,7 @@ STUB_MODEL = "stub"
 
 @dataclass
 class Backend:
-    """What the three paths call: the backend's URL, the model name it serves, and its model dir."""
+    """What every path calls: the backend's URL, the model name it serves, and its model dir."""
 
     name: str
     url: str
