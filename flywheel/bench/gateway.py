@@ -29,7 +29,6 @@ from flywheel.bench.report import provenance, write_section
 from flywheel.bench.summary import Point, markdown_section, print_tables
 from flywheel.settings import Settings
 
-PATHS = ("direct", "flywheel", "litellm", "bare")
 PROMPT = "Say hello to the benchmark."
 
 
@@ -202,7 +201,8 @@ def run(
     bare: bool = typer.Option(True, "--bare/--no-bare", help="also measure the barest Python pass-through"),
     write: bool = typer.Option(True, "--write/--no-write", help="write the section to --out"),
     workers: int = typer.Option(
-        0, min=0, help="processes each proxy runs (Flywheel and LiteLLM alike); 0: one per core the proxies may use"
+        0, min=0,
+        help="processes each proxy runs (all proxies alike); 0: one per core the proxies may use",
     ),
 ) -> None:
     """Added latency (p50/p99) and max throughput: direct, Flywheel, LiteLLM, a bare proxy; over a stub and vLLM."""
