@@ -256,3 +256,47 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_the_paced_stub_answers_chat_after_its_delay_and_everything_else_at_once(tmp_path: Path) -> None:
+    """Real process: a chat answer waits for the delay (a timer: the stub keeps serving meanwhile), a
+    client that leaves before its answer does not disturb the others, and the answer is the usual one."""
+    import concurrent.futures
+    import contextlib
+    import json
+    import socket
+    import time
+
+    import httpx
+
+    from flywheel.bench.services import start_stub
+
+    delay_s = 1.5
+    with contextlib.ExitStack() as stack:
+        stub = start_stub(stack, tmp_path / "paced", delay_ms=delay_s * 1000, name="paced")
+        assert stub.name == "paced"
+        body = {"model": stub.model, "messages": [{"role": "user", "content": "hi"}]}
+        host, port = stub.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as leaver:  # asks, then leaves before the answer
+            leaver.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        with httpx.Client(timeout=10) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            chat = pool.submit(client.post, f"{stub.url}/v1/chat/completions", json=body)
+            health = httpx.get(f"{stub.url}/health", timeout=5)
+            assert health.status_code == 200 and not chat.done()  # answered while the chat answer waits
+            answer = chat.result()
+            waited = time.monotonic() - started
+        assert answer.status_code == 200
+        assert json.loads(answer.content)["object"] == "chat.completion"
+        assert waited >= delay_s - 0.05  # a timer never fires early (beyond the clock's resolution)
+
+
+def test_the_gateway_section_describes_the_paced_backend_only_when_measured() -> None:
+    points = [_pt("paced", "direct", 32, 155, 201.0, 203.0), _pt("paced", "flywheel", 32, 150, 205.0, 215.0)]
+    with_paced = markdown_section(points, "- date: now", duration_s=5, rounds=1, max_tokens=16,
+                                  workers={"paced": 2}, paced_ms=200)  # fmt: skip
+    assert "`paced` is the same stub answering each chat completion 200 ms after the request" in with_paced
+    assert "| paced | flywheel | 32 | 150 |" in with_paced
+    assert [c.ok for c in target_checks(points)] == [None] * 5  # the targets are judged on stub and vllm only
+    without = markdown_section(points[:1], "- date: now", duration_s=5, rounds=1, max_tokens=16, workers={"stub": 2})
+    assert "`paced`" not in without

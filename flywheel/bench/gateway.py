@@ -1,12 +1,13 @@
 """`flywheel bench gateway`: what Flywheel adds to a request, next to what the LiteLLM proxy adds.
 
-For each backend (a zero-latency stub, to isolate the proxy's own cost, and real vLLM on the seed
-policy) the same request is sent four ways — straight to the backend, through Flywheel, through
-LiteLLM, and through the barest Python pass-through (``bare_proxy``: the floor any Python hop pays
-here) — with wrk, at each concurrency. The paths are measured interleaved, point by point, in one
-run, so a busy neighbour on a shared machine slows all of them alike. Added latency is the path's
-percentile minus the direct one at the same concurrency; max throughput is the best requests/s over
-the concurrencies tried.
+For each backend (a zero-latency stub, to isolate the proxy's own cost; real vLLM on the seed policy;
+and, when asked for, ``paced``: the stub answering after a fixed delay, so that each proxy's CPU per
+request is measured at a model server's request rate without the model server's noise) the same
+request is sent four ways — straight to the backend, through Flywheel, through LiteLLM, and through
+the barest Python pass-through (``bare_proxy``: the floor any Python hop pays here) — with wrk, at
+each concurrency. The paths are measured interleaved, point by point, in one run, so a busy neighbour
+on a shared machine slows all of them alike. Added latency is the path's percentile minus the direct
+one at the same concurrency; max throughput is the best requests/s over the concurrencies tried.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from flywheel.bench.summary import Point, markdown_section, print_tables
 from flywheel.settings import Settings
 
 PROMPT = "Say hello to the benchmark."
+BACKENDS = ("stub", "vllm", "paced")
 
 
 @dataclass
@@ -157,6 +159,9 @@ def bench_one_backend(
         console.print(f"[bold]{name}[/]: starting backend and the proxies in front of it …")
         if name == "stub":
             backend = services.start_stub(stack, work / "stub")
+        elif name == "paced":
+            delay_ms = float(opts["paced_ms"])  # type: ignore[arg-type]
+            backend = services.start_stub(stack, work / "paced", delay_ms=delay_ms, name="paced")
         else:
             model_dir = pick_seed_model(settings, console)
             backend = services.start_vllm(stack, work / "vllm", model_dir, settings)
@@ -192,13 +197,19 @@ def bench_one_backend(
 def run(
     concurrency: str = typer.Option("1,8,32", help="comma-separated concurrencies (open connections)"),
     duration: float = typer.Option(10.0, help="seconds measured per point (backend × path × concurrency)"),
-    backends: str = typer.Option("stub,vllm", help="comma-separated: stub (zero-latency), vllm (seed policy)"),
+    backends: str = typer.Option(
+        "stub,vllm",
+        help="comma-separated: stub (zero-latency), vllm (seed policy), paced (the stub answering after --paced-ms)",
+    ),
     out: Path = typer.Option(Path("docs/benchmarks.md"), help="page whose `gateway` section is rewritten"),
     warmup: float = typer.Option(2.0, help="seconds of unrecorded load before each point"),
     rounds: int = typer.Option(1, help="repeat every point; the median of the rounds is reported"),
     max_tokens: int = typer.Option(16, help="max_tokens of each request (what vLLM generates)"),
     litellm: bool = typer.Option(True, "--litellm/--no-litellm", help="also measure the LiteLLM proxy"),
     bare: bool = typer.Option(True, "--bare/--no-bare", help="also measure the barest Python pass-through"),
+    paced_ms: float = typer.Option(
+        200.0, min=1.0, help="how long the paced backend takes per chat completion (vLLM here: ~200 ms at c=32)"
+    ),
     write: bool = typer.Option(True, "--write/--no-write", help="write the section to --out"),
     workers: int = typer.Option(
         0, min=0,
@@ -213,14 +224,14 @@ def run(
         console.print(f"[red]{exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     chosen = _csv(backends)
-    unknown = set(chosen) - {"stub", "vllm"}
+    unknown = set(chosen) - set(BACKENDS)
     if unknown:
         raise typer.BadParameter(f"unknown backend(s): {', '.join(sorted(unknown))}", param_hint="--backends")
     levels = [int(c) for c in _csv(concurrency)]
     settings = Settings()
     opts: dict[str, object] = {
         "concurrency": levels, "duration": duration, "warmup": warmup, "rounds": rounds,
-        "max_tokens": max_tokens, "litellm": litellm, "bare": bare, "workers": workers,
+        "max_tokens": max_tokens, "litellm": litellm, "bare": bare, "workers": workers, "paced_ms": paced_ms,
     }  # fmt: skip
     points: list[Point] = []
     workers_by_backend: dict[str, int] = {}
@@ -230,6 +241,7 @@ def run(
     print_tables(points, console)
     if write:
         section = markdown_section(points, provenance(), duration_s=duration, rounds=rounds, max_tokens=max_tokens,
-                                   workers=workers_by_backend)  # fmt: skip
+                                   workers=workers_by_backend,
+                                   paced_ms=paced_ms if "paced" in chosen else None)  # fmt: skip
         write_section(out, "gateway", section)
         console.print(f"wrote the gateway section of {out}")

@@ -67,11 +67,13 @@ def _http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
         return False
 
 
-def start_stub(stack: contextlib.ExitStack, work: Path) -> Backend:
-    """The zero-latency stub; the gateway still needs a model directory to register, so give it one."""
+def start_stub(stack: contextlib.ExitStack, work: Path, delay_ms: float = 0, name: str = "stub") -> Backend:
+    """The stub: zero-latency, or answering chat completions after ``delay_ms`` (the ``paced`` backend).
+    The gateway still needs a model directory to register, so give it one."""
     work = _fresh_dir(work)
     port = free_port()
-    argv = [sys.executable, "-m", "flywheel.bench.stub_server", "--port", str(port), "--model", STUB_MODEL]
+    argv = [sys.executable, "-m", "flywheel.bench.stub_server", "--port", str(port), "--model", STUB_MODEL,
+            "--delay-ms", str(delay_ms)]  # fmt: skip
     proc = ManagedProcess(f"stub-{port}", argv, work / "stub.log")
     proc.start()
     stack.callback(proc.stop)
@@ -79,8 +81,8 @@ def start_stub(stack: contextlib.ExitStack, work: Path) -> Backend:
     proc.wait_ready(lambda: _http_ok(f"{url}/health"), timeout_s=30, interval_s=0.1)
     model_dir = work / "model"  # a registry record only: the stub has no weights
     model_dir.mkdir()
-    (model_dir / "README.txt").write_text("placeholder policy for the zero-latency stub backend\n")
-    return Backend("stub", url, STUB_MODEL, model_dir)
+    (model_dir / "README.txt").write_text("placeholder policy for the stub backend\n")
+    return Backend(name, url, STUB_MODEL, model_dir)
 
 
 def start_vllm(stack: contextlib.ExitStack, work: Path, model_dir: Path, settings: Settings) -> Backend:

@@ -5,7 +5,12 @@ up undiluted. It is a bare ``asyncio.Protocol`` on uvloop with the ``httptools``
 parser uvicorn uses), keep-alive, and pre-encoded answers: ~10x the request rate of a minimal ASGI app.
 It reads and discards the request body and always returns the same valid ``chat.completion``.
 
-    python -m flywheel.bench.stub_server --port 9001 [--model stub]
+With ``--delay-ms D`` it answers each chat completion D ms after the request (other paths at once),
+from a timer rather than a sleeping task, so it still costs next to nothing: a closed-loop client then
+runs at the request rate of a real model server (vLLM on the seed policy answers in ~200 ms at 32
+connections here), and a proxy in front is measured at that rate without the model server's noise.
+
+    python -m flywheel.bench.stub_server --port 9001 [--model stub] [--delay-ms 200]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable
 import httptools
 
 STUB_TEXT = "Hello from the stub backend."
+CHAT_PATH = b"/v1/chat/completions"
 
 
 def chat_completion(model: str) -> dict[str, object]:
@@ -53,7 +59,7 @@ def build_routes(model: str) -> dict[tuple[bytes, bytes], bytes]:
     """Pre-encoded answers by (method, path): nothing is built per request."""
     models = {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "stub"}]}
     return {
-        (b"POST", b"/v1/chat/completions"): _response(b"200 OK", chat_completion(model)),
+        (b"POST", CHAT_PATH): _response(b"200 OK", chat_completion(model)),
         (b"GET", b"/health"): _response(b"200 OK", {"status": "ok"}),
         (b"GET", b"/v1/models"): _response(b"200 OK", models),
     }
@@ -62,9 +68,10 @@ def build_routes(model: str) -> dict[tuple[bytes, bytes], bytes]:
 class StubProtocol(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; answers each request when its message is complete."""
 
-    def __init__(self, routes: dict[tuple[bytes, bytes], bytes], not_found: bytes) -> None:
+    def __init__(self, routes: dict[tuple[bytes, bytes], bytes], not_found: bytes, delay_s: float = 0.0) -> None:
         self.routes = routes
         self.not_found = not_found
+        self.delay_s = delay_s
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -88,16 +95,26 @@ class StubProtocol(asyncio.Protocol):
         method = self.parser.get_method()
         path = self.url.split(b"?", 1)[0]
         self.url = b""
+        answer = self.routes.get((method, path), self.not_found)
+        keep_alive = self.parser.should_keep_alive()
+        if self.delay_s > 0 and path == CHAT_PATH:
+            asyncio.get_running_loop().call_later(self.delay_s, self._answer, answer, keep_alive)
+        else:
+            self._answer(answer, keep_alive)
+
+    def _answer(self, answer: bytes, keep_alive: bool) -> None:
         assert self.transport is not None
-        self.transport.write(self.routes.get((method, path), self.not_found))
-        if not self.parser.should_keep_alive():
+        if self.transport.is_closing():  # the client left while a delayed answer waited
+            return
+        self.transport.write(answer)
+        if not keep_alive:
             self.transport.close()
 
 
-async def serve(host: str, port: int, model: str) -> None:
+async def serve(host: str, port: int, model: str, delay_s: float = 0.0) -> None:
     routes = build_routes(model)
     not_found = _response(b"404 Not Found", {"error": {"message": "not found", "code": 404}})
-    factory: Callable[[], StubProtocol] = lambda: StubProtocol(routes, not_found)  # noqa: E731
+    factory: Callable[[], StubProtocol] = lambda: StubProtocol(routes, not_found, delay_s)  # noqa: E731
     loop = asyncio.get_running_loop()
     server = await loop.create_server(factory, host, port, backlog=4096)
     async with server:
@@ -109,7 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="stub")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="answer chat completions after this many ms")
     args = parser.parse_args(argv)
+    if args.delay_ms < 0:
+        parser.error("--delay-ms must be >= 0")
     try:
         import uvloop
 
@@ -117,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # plain asyncio still works, just slower
         run = asyncio.run
     try:
-        run(serve(args.host, args.port, args.model))
+        run(serve(args.host, args.port, args.model, args.delay_ms / 1000))
     except KeyboardInterrupt:
         pass
 

@@ -165,8 +165,18 @@ def workers_text(workers: dict[str, int]) -> str:
             f"one port: {each} (one per core the proxies may use, unless `--workers` says otherwise).")
 
 
+def paced_text(paced_ms: float | None) -> str:
+    """What the ``paced`` backend is, when the run measured it."""
+    if paced_ms is None:
+        return ""
+    return (f"`paced` is the same stub answering each chat completion {paced_ms:g} ms after the request, so each "
+            "proxy runs at about the request rate it has in front of vLLM (and its CPU per request is what it "
+            "costs at that rate) without vLLM's round-to-round noise. ")
+
+
 def markdown_section(
-    points: list[Point], provenance: str, *, duration_s: float, rounds: int, max_tokens: int, workers: dict[str, int]
+    points: list[Point], provenance: str, *, duration_s: float, rounds: int, max_tokens: int, workers: dict[str, int],
+    paced_ms: float | None = None,
 ) -> str:
     checks = [[t.name, _fmt(t.measured), t.goal, {True: "yes", False: "**no**", None: "–"}[t.ok]]
               for t in target_checks(points)]  # fmt: skip
@@ -178,7 +188,7 @@ def markdown_section(
         f"the same non-streaming request everywhere (`max_tokens={max_tokens}`, temperature 0). "
         "*Added* = path percentile − direct percentile at the same concurrency. "
         "`stub` is a zero-latency OpenAI stub (`flywheel.bench.stub_server`), isolating the proxy's own "
-        "cost; `vllm` is vLLM on the seed policy. LiteLLM is `litellm[proxy]==1.100.5`, "
+        "cost; `vllm` is vLLM on the seed policy. " + paced_text(paced_ms) + "LiteLLM is `litellm[proxy]==1.100.5`, "
         "plain pass-through (master key, no database, no callbacks). `bare` is the barest Python "
         "pass-through (`flywheel.bench.bare_proxy`: aiohttp server and client on uvloop, bytes forwarded "
         "unchanged, no auth, no parsing, no recording), the floor any Python hop pays here; it runs as "
