@@ -1,5 +1,6 @@
-"""The pure parts of `flywheel bench gateway`: wrk output parsing, the Lua script, the summary arithmetic,
-and the docs section replacement. No timing assertions: numbers come from the bench command only."""
+"""`flywheel bench gateway`: wrk output parsing, the Lua script, the summary arithmetic and the docs section
+replacement (pure), then, with real processes, the stub, the bare proxy and the command end to end. No
+assertions on the figures: numbers come from the bench command only."""
 
 from __future__ import annotations
 
@@ -300,3 +301,28 @@ def test_the_gateway_section_describes_the_paced_backend_only_when_measured() ->
     assert [c.ok for c in target_checks(points)] == [None] * 5  # the targets are judged on stub and vllm only
     without = markdown_section(points[:1], "- date: now", duration_s=5, rounds=1, max_tokens=16, workers={"stub": 2})
     assert "`paced`" not in without
+
+
+def test_bench_gateway_command_measures_the_paced_backend_end_to_end(tmp_path: Path) -> None:
+    """The command as an operator runs it (real stub, broker and gateway; wrk): every path answers, and the
+    section it writes has the paced rows and says what the paced backend is. Figures are not judged."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (scripts/bootstrap installs it)")
+    page = tmp_path / "benchmarks.md"
+    env = {**os.environ, "FLYWHEEL_VAR_DIR": str(tmp_path / "var")}
+    argv = [sys.executable, "-m", "flywheel.cli", "bench", "gateway", "--backends", "paced", "--paced-ms", "50",
+            "--concurrency", "2", "--duration", "1", "--warmup", "0", "--rounds", "1", "--workers", "1",
+            "--no-litellm", "--out", str(page)]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    section = page.read_text()
+    assert "`paced` is the same stub answering each chat completion 50 ms after the request" in section
+    measured = [line.split(" | ") for line in section.splitlines() if line.startswith("| paced | ")]
+    points = [row for row in measured if len(row) == 10]  # the "every point" table
+    assert sorted(row[1] for row in points) == ["bare", "direct", "flywheel"]
+    assert all(row[2] == "2" and row[-1].rstrip(" |") == "0" for row in points)  # c=2, nothing failed
