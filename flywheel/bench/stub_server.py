@@ -9,6 +9,8 @@ With ``--delay-ms D`` it answers each chat completion D ms after the request (ot
 from a timer rather than a sleeping task, so it still costs next to nothing: a closed-loop client then
 runs at the request rate of a real model server (vLLM on the seed policy answers in ~200 ms at 32
 connections here), and a proxy in front is measured at that rate without the model server's noise.
+Answers on one connection keep their order only without pipelining (wrk and the proxies send one
+request per connection at a time).
 
     python -m flywheel.bench.stub_server --port 9001 [--model stub] [--delay-ms 200]
 """
