@@ -274,7 +274,7 @@ def test_the_paced_stub_answers_chat_after_its_delay_and_everything_else_at_once
 
     delay_s = 1.5
     with contextlib.ExitStack() as stack:
-        stub = start_stub(stack, tmp_path / "paced", delay_ms=delay_s * 1000, name="paced")
+        stub = start_stub(stack, tmp_path / "paced", delay_ms=delay_s * 1000)
         assert stub.name == "paced"
         body = {"model": stub.model, "messages": [{"role": "user", "content": "hi"}]}
         host, port = stub.url.removeprefix("http://").split(":")

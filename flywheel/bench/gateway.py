@@ -161,7 +161,7 @@ def bench_one_backend(
             backend = services.start_stub(stack, work / "stub")
         elif name == "paced":
             delay_ms = float(opts["paced_ms"])  # type: ignore[arg-type]
-            backend = services.start_stub(stack, work / "paced", delay_ms=delay_ms, name="paced")
+            backend = services.start_stub(stack, work / "paced", delay_ms=delay_ms)
         else:
             model_dir = pick_seed_model(settings, console)
             backend = services.start_vllm(stack, work / "vllm", model_dir, settings)
@@ -216,7 +216,7 @@ def run(
         help="processes each proxy runs (all proxies alike); 0: one per core the proxies may use",
     ),
 ) -> None:
-    """Added latency (p50/p99) and max throughput: direct, Flywheel, LiteLLM, a bare proxy; over a stub and vLLM."""
+    """Added latency (p50/p99) and max throughput of each path, over a stub, vLLM or a paced stub."""
     console = Console()
     try:
         wrk_path()

@@ -67,9 +67,9 @@ def _http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
         return False
 
 
-def start_stub(stack: contextlib.ExitStack, work: Path, delay_ms: float = 0, name: str = "stub") -> Backend:
-    """The stub: zero-latency, or answering chat completions after ``delay_ms`` (the ``paced`` backend).
-    The gateway still needs a model directory to register, so give it one."""
+def start_stub(stack: contextlib.ExitStack, work: Path, delay_ms: float = 0) -> Backend:
+    """The stub: zero-latency (backend ``stub``), or answering chat completions after ``delay_ms`` (backend
+    ``paced``). The gateway still needs a model directory to register, so give it one."""
     work = _fresh_dir(work)
     port = free_port()
     argv = [sys.executable, "-m", "flywheel.bench.stub_server", "--port", str(port), "--model", STUB_MODEL,
@@ -82,7 +82,7 @@ def start_stub(stack: contextlib.ExitStack, work: Path, delay_ms: float = 0, nam
     model_dir = work / "model"  # a registry record only: the stub has no weights
     model_dir.mkdir()
     (model_dir / "README.txt").write_text("placeholder policy for the stub backend\n")
-    return Backend(name, url, STUB_MODEL, model_dir)
+    return Backend("paced" if delay_ms > 0 else "stub", url, STUB_MODEL, model_dir)
 
 
 def start_vllm(stack: contextlib.ExitStack, work: Path, model_dir: Path, settings: Settings) -> Backend:
