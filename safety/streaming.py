@@ -80,21 +80,20 @@ class StreamGuard:
 
     def finish(self) -> StreamEnd:
         """End of the policy's stream: check what is left and release it, or report the block."""
+        last = ""  # only what this call releases: with nothing pending (no hold-back) there is nothing new
         if not self._blocked and self._pending:
             window = self._check(self._tail + self._pending)
             if window.blocked:
                 self._block()
             else:
-                self._release(len(self._pending))
-        return StreamEnd("" if self._blocked else self._last_release, self.result)
+                last = self._release(len(self._pending))
+        return StreamEnd("" if self._blocked else last, self.result)
 
     @property
     def result(self) -> ChainResult:
         return ChainResult("output", _merge(self._verdicts), self.released_text)
 
     # --- internals ---------------------------------------------------------------------------
-    _last_release = ""
-
     def _check(self, text: str) -> ChainResult:
         result = self.chain.check_output(text, self.context)
         self._verdicts.extend(result.verdicts)
@@ -129,5 +128,4 @@ class StreamGuard:
         self._pending = self._pending[cut:]
         self._tail = (self._tail + raw)[-self.lookback :]
         self._released.append(checked.text)
-        self._last_release = checked.text
         return checked.text

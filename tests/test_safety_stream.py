@@ -108,3 +108,13 @@ def test_nothing_released_after_block() -> None:
     assert guard.blocked
     assert guard.feed("more harmless text " * 10) == ""
     assert guard.finish().text == ""
+
+
+@pytest.mark.parametrize("holdback", [0, 16])
+def test_every_character_is_sent_once_whatever_the_hold_back(holdback: int) -> None:
+    """With no hold-back (safety off) each delta can release everything, leaving nothing for ``finish``;
+    finish must then add nothing, not repeat the last piece."""
+    for chunks in (["Hello there.\n", "Second line.\n"], _chunks(PREFIX * 2, random.Random(7))):
+        sent, blocked = _stream(StreamGuard(_chain(holdback=holdback)), chunks)
+        assert not blocked
+        assert sent == "".join(chunks)
