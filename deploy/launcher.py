@@ -2,8 +2,12 @@
 
 Order: credentials → seed model (built if missing) → safety head (trained if missing) → broker (unless
 external) → vLLM (unless external) → gateway → feedback consumer → canary controller. Each child runs in its own process group (flywheel.procs), so Ctrl-C or
-SIGTERM stops every one of them and their workers. If a child dies, the launcher says which and stops
-the rest rather than leaving a half-working stack.
+SIGTERM stops every one of them and their workers. If a child dies (the embedded broker and vLLM
+included), the launcher says which and stops the rest rather than leaving a half-working stack.
+
+The children get the settings this process resolved (environment, ``.env``, ``flywheel.toml``, the
+command line), the keys included: every key an operator set, else the stored or generated ones
+(deploy/credentials.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from rich.console import Console
@@ -46,6 +51,8 @@ class Stack:
             ensure_port_free("127.0.0.1", s.kafka_port, "the embedded broker (FLYWHEEL_KAFKA_PORT)")
 
     def child_env(self, creds: Credentials) -> dict[str, str]:
+        """The children's environment: ours, with the resolved keys and paths on top (so a key list from
+        ``.env`` or ``flywheel.toml`` reaches them whole, and a stored key never hides an operator's)."""
         s = self.settings
         env = dict(os.environ)
         env.update(as_env(creds))
@@ -137,8 +144,10 @@ class Stack:
         from deploy.broker import EmbeddedBroker
 
         broker = EmbeddedBroker("127.0.0.1", self.settings.kafka_port, self.settings.logs_dir / "broker.log")
-        broker.start()
-        self._broker = broker
+        with self.console.status("starting the Kafka-protocol broker…"):
+            broker.start()
+            self._broker = broker  # stop() cleans up even when it never gets ready
+            broker.wait_ready()  # ProcessStartError, with the log tail, if it dies or never listens
         self.console.print(f"[green]✓[/] Kafka-protocol broker (Tansu) on {broker.bootstrap}")
 
     def _start_vllm(self) -> None:
@@ -157,14 +166,23 @@ class Stack:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: self._stop.set())
         while not self._stop.wait(1.0):
-            for child in self.children:
-                if not child.alive():
-                    self.console.print(f"[red]✗ {child.name} exited; see {child.log_path}. Stopping the stack.[/]")
-                    return 1
-            if self._vllm is not None and not self._vllm.alive():  # type: ignore[attr-defined]
-                self.console.print("[red]✗ vLLM exited; stopping the stack.[/]")
+            dead = self.dead()
+            if dead is not None:
+                name, log_path = dead
+                self.console.print(f"[red]✗ {name} exited; see {log_path}. Stopping the stack.[/]")
                 return 1
         return 0
+
+    def dead(self) -> tuple[str, Path] | None:
+        """The first process of the stack that is no longer running, as (name, log path); None if all are."""
+        if self._broker is not None and not self._broker.alive():  # type: ignore[attr-defined]
+            return "the broker", self._broker.log_path  # type: ignore[attr-defined]
+        if self._vllm is not None and not self._vllm.alive():  # type: ignore[attr-defined]
+            return "vLLM", self._vllm.log_path  # type: ignore[attr-defined]
+        for child in self.children:
+            if not child.alive():
+                return child.name, child.log_path
+        return None
 
     def stop(self) -> None:
         for child in reversed(self.children):
@@ -180,7 +198,11 @@ class Stack:
     def print_banner(self, creds: Credentials) -> None:
         s = self.settings
         base = f"http://{s.host}:{s.port}"
-        key_note = " (new)" if creds.generated else ""
+        key_note = " (new)" if "api_key" in creds.generated else ""
+        if s.api_keys and s.admin_keys:
+            kept = "keys from FLYWHEEL_API_KEYS / FLYWHEEL_ADMIN_KEYS"
+        else:
+            kept = f"keys are kept in {s.var_dir / 'credentials.json'}"
         self.console.print(
             f"""
 [bold]Flywheel is up.[/]
@@ -189,7 +211,7 @@ class Stack:
   metrics       {base}/metrics
   chat key{key_note}     {creds.api_key}
   operator key  {creds.admin_key}
-  (keys are kept in {s.var_dir / 'credentials.json'})
+  ({kept})
 
 Try:
   curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {creds.api_key}' \\

@@ -220,6 +220,10 @@ def check_settings(objects: list[Obj], monkeypatch: pytest.MonkeyPatch, tmp_path
         monkeypatch.setenv(key, value)
     settings = Settings()
     assert settings.port == int(data["FLYWHEEL_PORT"]) and settings.host == data["FLYWHEEL_HOST"]
+    if settings.safety_enabled and "classifier" in settings.safety_input_filters:
+        # Nothing trains the head in the cluster (the models volume is read-only): without it a gateway
+        # must refuse to start rather than serve on the pattern filters alone (safety/chain.py).
+        assert settings.safety_classifier_required, "set FLYWHEEL_SAFETY_CLASSIFIER_REQUIRED=true: fail closed"
 
 
 def check_env_references(objects: list[Obj], secret_keys: set[str]) -> None:
@@ -283,6 +287,8 @@ def check_gateway(objects: list[Obj]) -> None:
 
     var_dir = settings["FLYWHEEL_VAR_DIR"]
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    models = next(path for path, name in mounts.items() if name == "models")
+    assert settings["FLYWHEEL_SAFETY_CLASSIFIER_PATH"].startswith(models + "/"), "safety head on the models volume"
     volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
     assert var_dir in mounts and "emptyDir" in volumes[mounts[var_dir]], "FLYWHEEL_VAR_DIR must be a writable volume"
 
@@ -494,6 +500,13 @@ def test_settings_check_rejects_unknown_names(monkeypatch: pytest.MonkeyPatch, t
         check_settings(objects, monkeypatch, tmp_path)
 
 
+def test_settings_check_requires_the_safety_head(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    objects = _broken(render(BASE), "ConfigMap", SETTINGS_MAP,
+                      lambda m: m["data"].pop("FLYWHEEL_SAFETY_CLASSIFIER_REQUIRED"))  # fmt: skip
+    with pytest.raises(AssertionError, match="SAFETY_CLASSIFIER_REQUIRED"):
+        check_settings(objects, monkeypatch, tmp_path)
+
+
 def test_render_refuses_kustomize_fields_it_does_not_implement(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("kind: Kustomization\nresources: []\npatches: []\n")
     with pytest.raises(AssertionError, match="patches"):
@@ -521,3 +534,67 @@ def test_gateway_image_definition() -> None:
                if line.strip() and not line.startswith("#")}  # fmt: skip
     assert {".venv", "var", ".env", ".git"} <= ignored, "no local state or secrets in the build context"
     assert not ({"pyproject.toml", "README.md", *packages} & ignored), "the build needs these"
+
+
+def _healthcheck_command() -> str:
+    """The shell command of the Dockerfile's HEALTHCHECK, continuation lines joined."""
+    lines = (ROOT / "deploy" / "docker" / "Dockerfile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK"))
+    parts = []
+    for line in lines[start:]:
+        parts.append(line.rstrip().removesuffix("\\").strip())
+        if not line.rstrip().endswith("\\"):
+            break
+    instruction = " ".join(parts)
+    assert " CMD " in instruction, instruction
+    return instruction.split(" CMD ", 1)[1]
+
+
+def test_image_healthcheck_follows_flywheel_port_and_skips_non_gateways(tmp_path: Path) -> None:
+    """Run the HEALTHCHECK command as Docker would (``/bin/sh -c``), with /proc/1/cmdline replaced by a file
+    holding the container's command: the gateway is probed on FLYWHEEL_PORT; `consume` and `canary watch`
+    serve no HTTP and stay healthy while they run."""
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from flywheel.procs import free_port
+
+    command = _healthcheck_command()
+    assert not command.startswith("["), "exec form: no ${FLYWHEEL_PORT} expansion"
+    assert "${FLYWHEEL_PORT:-8000}" in command and ":8000/" not in command
+    assert command.count("/proc/1/cmdline") == 1
+    cmdline = tmp_path / "cmdline"
+    command = command.replace("/proc/1/cmdline", str(cmdline))
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    closed = free_port()
+
+    def check(argv: list[str], port: int) -> int:
+        cmdline.write_bytes(b"".join(a.encode() + b"\0" for a in argv))
+        env = {**os.environ, "FLYWHEEL_PORT": str(port),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+        return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, timeout=30).returncode
+
+    gateway = ["/opt/flywheel/bin/python", "/opt/flywheel/bin/flywheel", "serve"]
+    try:
+        assert check(gateway, server.server_address[1]) == 0
+        assert check(gateway, closed) != 0, "nothing on FLYWHEEL_PORT: unhealthy"
+        assert check(["/sbin/docker-init", "--", "flywheel", "serve"], server.server_address[1]) == 0  # --init
+        assert check(["/opt/flywheel/bin/python", "/opt/flywheel/bin/flywheel", "consume"], closed) == 0
+        assert check(["/opt/flywheel/bin/python", "/opt/flywheel/bin/flywheel", "canary", "watch", "--url",
+                      "http://flywheel-gateway:8000"], closed) == 0  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
