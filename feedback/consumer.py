@@ -7,6 +7,13 @@ ledger makes the redelivery a no-op. A poison message (bad JSON, schema failure,
 ``schema_version``, or an event the database refuses) goes to the dead-letter topic with the reason
 in headers; its body is PII-redacted first, since it never passed the event validators.
 
+Database trouble is never blamed on events: only an event that fails *on its own* with a data error
+(``RowRejected``: a value the database cannot hold, a constraint) is dead-lettered, and only while the
+database accepts a probe write. Any other database error (unreachable, read-only after a failover, a
+revoked privilege: ``StoreError``) dead-letters and commits nothing: the consumer seeks back to the
+batch's first offsets and retries it after a growing backoff, so the events are stored once the
+database takes writes again.
+
 Lag: Tansu answers ``end_offsets()`` wrongly (ENVIRONMENT.md), so lag is ``highwater - position``
 from the high watermark that each fetch response carries (``KafkaConsumer.highwater``). It is only
 known for partitions fetched at least once, and is as fresh as the last fetch.
@@ -30,11 +37,10 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from sqlalchemy.exc import SQLAlchemyError
 
 from feedback.events import Event, EventDecodeError, decode_event
 from feedback.kafka_io import Crc32Partitioner
-from feedback.store import FeedbackStore, StoreError
+from feedback.store import FeedbackStore, RowRejected, StoreError
 from feedback.topics import topics_from_settings
 from flywheel.settings import Settings
 from safety.pii import redact
@@ -42,6 +48,10 @@ from safety.pii import redact
 __all__ = ["ConsumerMetrics", "ConsumerStats", "FeedbackConsumer"]
 
 log = logging.getLogger(__name__)
+
+
+class _StoreRetry(Exception):
+    """The database took no writes; the batch was rewound and is retried after a backoff."""
 
 
 class ConsumerMetrics:
@@ -62,6 +72,10 @@ class ConsumerMetrics:
         )
         self.throughput = Gauge("flywheel_consumer_events_per_second", "events over the last ~10 s", registry=r)
         self.reconnects = Counter("flywheel_consumer_reconnects", "consumer rebuilt after an error", registry=r)
+        self.store_retries = Counter(
+            "flywheel_consumer_store_retries", "batches left uncommitted because the database took no writes",
+            registry=r,
+        )
 
 
 @dataclass
@@ -73,6 +87,7 @@ class ConsumerStats:
     deadlettered: int = 0
     batches: int = 0
     reconnects: int = 0
+    store_retries: int = 0
     lag: dict[str, int] = field(default_factory=dict)
 
 
@@ -99,12 +114,20 @@ class FeedbackConsumer:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; never returns early on broker or poison-message trouble."""
         backoff = 0.25
+        store_backoff = 0.25
         while not stop.is_set():
             try:
                 if self._consumer is None:
                     self._connect()
                     backoff = 0.25
                 self._poll_once()
+                store_backoff = 0.25
+            except _StoreRetry as retry:  # the batch was rewound: keep the clients, just wait for the database
+                log.warning("feedback consumer: %s; batch not committed, retrying in %.1fs", retry, store_backoff)
+                self.stats.store_retries += 1
+                self.metrics.store_retries.inc()
+                stop.wait(store_backoff)
+                store_backoff = min(store_backoff * 2, 2.0)
             except (KafkaError, StoreError, OSError) as exc:
                 log.warning("feedback consumer: %s; reconnecting in %.1fs", exc, backoff)
                 self._teardown()
@@ -152,7 +175,10 @@ class FeedbackConsumer:
             if client is None:
                 continue
             try:
-                client.close(autocommit=False, timeout_ms=2000) if isinstance(client, KafkaConsumer) else client.close(timeout=2)
+                if isinstance(client, KafkaConsumer):
+                    client.close(autocommit=False, timeout_ms=2000)
+                else:
+                    client.close(timeout=2)
             except Exception:  # noqa: BLE001 - closing a broken client must not mask the real error
                 log.debug("feedback consumer: close failed", exc_info=True)
         self._consumer = None
@@ -178,7 +204,14 @@ class FeedbackConsumer:
                 continue
             events.append(event)
             origin.setdefault(event.event_id, rec)
-        applied = self._apply(events, origin, poison)
+        try:
+            applied = self._apply(events, origin, poison)
+        except StoreError as exc:
+            try:
+                self._rewind(polled)
+            except (AssertionError, KafkaError):  # cannot seek: rebuild, which restarts at the committed offsets
+                raise exc from None
+            raise _StoreRetry(str(exc)) from exc
         self._dead_letter(poison)
         self._commit(polled)
         self._account(records, events, applied, poison, time.perf_counter() - started)
@@ -186,22 +219,34 @@ class FeedbackConsumer:
     def _apply(
         self, events: list[Event], origin: dict[str, ConsumerRecord], poison: list[tuple[ConsumerRecord, str]]
     ) -> int:
-        """Apply the batch; if the database refuses it (not a connection problem), isolate the culprits."""
+        """Apply the batch; if the database refuses its data, find the events to blame one by one.
+
+        StoreError (the database, not the data) propagates from any step: nothing is dead-lettered.
+        If no event goes in on its own, the database is probed before anyone is blamed.
+        """
         try:
             return self._store.apply_batch(events)
-        except StoreError:
-            raise  # database unreachable: do not commit, retry the whole batch later
-        except SQLAlchemyError:
-            log.warning("feedback consumer: batch refused by the database; applying one by one")
+        except RowRejected as exc:
+            log.warning("feedback consumer: batch refused by the database (%s); applying one by one", exc)
         applied = 0
+        refused: list[tuple[Event, str]] = []
         for event in events:
             try:
                 applied += self._store.apply_batch([event])
-            except StoreError:
-                raise
-            except SQLAlchemyError as exc:
-                poison.append((origin[event.event_id], f"store: {str(exc).splitlines()[0][:200]}"))
+            except RowRejected as exc:
+                refused.append((event, str(exc)))
+        if refused and len(refused) == len(events):
+            self._store.check_writable()  # StoreError: every event failing alone means the database, not them
+        poison.extend((origin[event.event_id], f"store: {reason[:200]}") for event, reason in refused)
         return applied
+
+    def _rewind(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Seek back to the first offset of each partition's uncommitted batch, so the next poll redelivers it."""
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()  # a partition lost to a rebalance restarts at its committed offset
+        for tp, batch in polled.items():
+            if batch and tp in assigned:
+                self._consumer.seek(tp, batch[0].offset)
 
     def _dead_letter(self, poison: Sequence[tuple[ConsumerRecord, str]]) -> None:
         """Forward poison messages and wait for the broker's ack (else the batch is redelivered)."""

@@ -9,6 +9,7 @@ people and JSON for tools.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import Any
 
 from feedback.pairs import ExportConfig, Pair, PairSet
 
-__all__ = ["datasheet_facts", "write_datasheet"]
+__all__ = ["datasheet_facts", "datasheet_paths", "render_datasheet", "write_datasheet"]
 
 _BUCKETS = ((1, 1, "1"), (2, 5, "2-5"), (6, 20, "6-20"), (21, 10**12, "21+"))
 
@@ -68,6 +69,9 @@ def _table(title: str, counts: dict[str, Any]) -> str:
 
 def _markdown(facts: dict[str, Any], out: Path) -> str:
     users = facts["users"]
+    files = facts.get("files") or {}
+    sums = "".join(f"- {kind} file: `{f['name']}` ({f['pairs']} pairs, sha256 `{f['sha256']}`)\n"
+                   for kind, f in files.items())  # fmt: skip
     parts = [
         f"# Datasheet: {out.name}\n",
         f"- created: {facts['created']}\n- store: `{facts['store']}`\n- format: `{facts['format']}`\n"
@@ -75,7 +79,8 @@ def _markdown(facts: dict[str, Any], out: Path) -> str:
         f"- pairs: {facts['pairs']['total']} (train {facts['pairs']['train']} over {facts['prompts']['train']} "
         f"prompts, held-out {facts['pairs']['heldout']} over {facts['prompts']['heldout']} prompts; split by "
         f"prompt hash)\n- contributing users: {users['contributing']}; largest single-user share "
-        f"{users['largest_user_share']:.1%}; pairs without a user (reward model only): {users['pairs_without_user']}\n",
+        f"{users['largest_user_share']:.1%}; pairs without a user (reward model only): {users['pairs_without_user']}\n"
+        + sums,
         _table("Pairs by source", facts["by_source"]),
         _table("Pairs by policy version (of the chosen answer)", facts["by_policy_version"]),
         _table("Ratings behind the pairs (latest per rater and response)", facts["ratings_used"]),
@@ -88,10 +93,31 @@ def _markdown(facts: dict[str, Any], out: Path) -> str:
     return "\n".join(parts)
 
 
-def write_datasheet(out: Path, **facts_args: Any) -> Path:
-    """Write ``<stem>.datasheet.md`` and ``.json`` beside ``out``; return the Markdown path."""
+def datasheet_paths(out: Path) -> tuple[Path, Path]:
+    """``<stem>.datasheet.md`` and ``<stem>.datasheet.json`` beside ``out``."""
+    return out.with_name(f"{out.stem}.datasheet.md"), out.with_name(f"{out.stem}.datasheet.json")
+
+
+def render_datasheet(out: Path, files: dict[str, Any] | None = None, **facts_args: Any) -> dict[Path, str]:
+    """The datasheet's two files as {path: text}, for the exporter to publish together with the data.
+
+    ``files`` (name, sha256 and pair count of the train and held-out files) ties the sheet to the exact
+    data it describes, so a tool can check that the files beside it belong to it.
+    """
     facts = datasheet_facts(**facts_args)
-    md_path = out.with_name(f"{out.stem}.datasheet.md")
-    md_path.write_text(_markdown(facts, out), encoding="utf-8")
-    out.with_name(f"{out.stem}.datasheet.json").write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
-    return md_path
+    if files is not None:
+        facts["files"] = files
+    md_path, json_path = datasheet_paths(out)
+    return {md_path: _markdown(facts, out), json_path: json.dumps(facts, indent=2) + "\n"}
+
+
+def write_datasheet(out: Path, **facts_args: Any) -> Path:
+    """Write the datasheet beside ``out``, each file by temp + rename (never half-written); return the .md."""
+    for path, text in render_datasheet(out, **facts_args).items():
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return datasheet_paths(out)[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -61,15 +62,39 @@ def _clean(text: str | None) -> str | None:
     return None if text is None else redact(text).text
 
 
+def _no_nul(value: Any) -> Any:
+    """PostgreSQL text cannot hold NUL (SQLite can): refuse it here, not as a dead letter after a 202."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("text must not contain NUL (\\u0000) characters")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """Store UTC only: SQLite drops the offset (12:00+02:00 would read back as 12:00); naive means UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class _EventBase(BaseModel):
+    """Fields every event has; string bounds match the store's columns (PostgreSQL enforces them, SQLite not)."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: str = Field(default_factory=_new_id, min_length=1, max_length=128)
     response_id: str = Field(min_length=1, max_length=128)
     time: datetime = Field(default_factory=_now)
-    policy_version: str | None = None
-    user_hash: str | None = None
+    policy_version: str | None = Field(None, max_length=128)
+    user_hash: str | None = Field(None, max_length=64)
+
+    @field_validator("event_id", "response_id", "policy_version", "user_hash")
+    @classmethod
+    def _base_no_nul(cls, value: Any) -> Any:
+        return _no_nul(value)
+
+    @field_validator("time")
+    @classmethod
+    def _time_utc(cls, value: datetime) -> datetime:
+        return _utc(value)
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -116,11 +141,16 @@ class Interaction(_EventBase):
     kind: Literal["interaction"] = "interaction"
     messages: list[Message] = Field(default_factory=list)
     candidates: list[Candidate] = Field(default_factory=list)
-    chosen_index: int = 0
+    chosen_index: int = Field(0, ge=0, le=2**31 - 1)  # an INTEGER column: PostgreSQL's is 32-bit
     grounding_doc_ids: list[str] = Field(default_factory=list)
     safety: list[dict[str, Any]] = Field(default_factory=list)
     latency_ms: float | None = None
-    trace_id: str | None = None
+    trace_id: str | None = Field(None, max_length=64)
+
+    @field_validator("trace_id")
+    @classmethod
+    def _trace_no_nul(cls, value: Any) -> Any:
+        return _no_nul(value)
 
     @model_validator(mode="after")
     def _chosen_in_range(self) -> Interaction:
@@ -130,6 +160,15 @@ class Interaction(_EventBase):
 
 
 RatingRaw = Annotated[str | int | float, Field(union_mode="left_to_right")]
+_RATING_HELP = "use up/down, a score in [-1, 1] or 1-5 stars"
+
+
+def _shown(raw: object) -> str:
+    """The rating as quoted back in an error, cut short: a 400-digit number must not fill the message."""
+    if isinstance(raw, int) and abs(raw) >= 10**30:  # repr() of a 5000-digit int raises ValueError
+        return "<an integer too large to be a rating>"
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def normalise_rating(raw: str | float | int, scale: Literal["auto", "score", "stars"] = "auto") -> float:
@@ -145,17 +184,23 @@ def normalise_rating(raw: str | float | int, scale: Literal["auto", "score", "st
         if word in {"down", "thumbs_down", "-1", "dislike", "bad"}:
             return -1.0
         try:
-            raw = float(word)
+            value = float(word)
         except ValueError as exc:
-            raise ValueError(f"unknown rating {raw!r}: use up/down, a score in [-1, 1] or 1-5 stars") from exc
-    value = float(raw)
+            raise ValueError(f"unknown rating {_shown(raw)}: {_RATING_HELP}") from exc
+    else:
+        try:
+            value = float(raw)
+        except OverflowError:  # an integer beyond float range: a ValueError (422), not a 500
+            raise ValueError(f"rating {_shown(raw)} is out of range: {_RATING_HELP}") from None
+    if not math.isfinite(value):  # "inf", "nan", "1e999", 1e999 (parsed as inf): int(value) would raise
+        raise ValueError(f"rating {_shown(raw)} is not a finite number: {_RATING_HELP}")
     is_int = value == int(value)
     if scale == "stars" or (scale == "auto" and is_int and 2 <= value <= 5):
         if not (is_int and 1 <= value <= 5):
-            raise ValueError(f"stars must be an integer 1-5, got {raw!r}")
+            raise ValueError(f"stars must be an integer 1-5, got {_shown(raw)}")
         return (value - 3.0) / 2.0
     if not -1.0 <= value <= 1.0:
-        raise ValueError(f"score must be in [-1, 1], got {raw!r}")
+        raise ValueError(f"score must be in [-1, 1], got {_shown(raw)}")
     return value
 
 
@@ -171,7 +216,14 @@ class Feedback(_EventBase):
     @field_validator("comment", mode="before")
     @classmethod
     def _redact(cls, value: Any) -> Any:
-        return _clean(value) if isinstance(value, str) else value
+        """Redact PII; drop NUL, which PostgreSQL text refuses (a rejection here would be a 500 after the
+        gateway's own checks passed, and a dead letter after a 202 if it reached the store)."""
+        return _clean(value.replace("\x00", "")) if isinstance(value, str) else value
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key_no_nul(cls, value: Any) -> Any:
+        return _no_nul(value)
 
     @classmethod
     def from_raw(

@@ -12,20 +12,39 @@ Formats (one JSON object per line; all load with ``datasets.load_dataset("json",
 
 The split is by prompt hash, so the same conversation never lands on both sides. Given ``out =
 prefs.jsonl`` the files are ``prefs.jsonl`` (train), ``prefs.heldout.jsonl`` and
-``prefs.datasheet.md`` / ``.json``. Files are written to a temporary name and renamed, so a reader
-never sees half an export.
+``prefs.datasheet.md`` / ``.json`` (the companions; the JSON sheet records each data file's sha256).
+
+Publishing, so that a crash at any point never leaves files of two exports side by side (a new train
+file judged on an old held-out set, or a datasheet describing other data):
+
+1. every new file is written to ``<name>.tmp`` beside its target and fsync'd;
+2. the old companions are deleted (the old train file alone is a consistent, if bare, export: the
+   trainer's ``load_split`` then splits it by prompt hash itself);
+3. the train file is renamed into place (the atomic switch from the old export to the new one);
+4. the companions are renamed into place, held-out first, and the directory is fsync'd.
+
+So any companion on disk belongs to the train file on disk, and the train path never disappears.
+A crash leaves at most ``*.tmp`` files, which the next export overwrites. Two exports into the same
+path at once, or an export while a trainer reads that path, are not supported (the loop writes each
+round into a directory of its own).
+
+``since`` without a timezone means UTC, on SQLite and PostgreSQL alike (times are stored as UTC).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Engine, select
 
-from feedback.datasheet import write_datasheet
+from feedback.datasheet import datasheet_paths, render_datasheet
 from feedback.pairs import ExportConfig, InteractionRecord, Pair, PairSet, RatingRecord, build_pairs
 from feedback.store_models import FeedbackRow, InteractionRow
 from flywheel.db import session_factory
@@ -55,18 +74,24 @@ def is_heldout(pair: Pair, fraction: float) -> bool:
     return int(pair.prompt_hash[:8], 16) < fraction * 2**32
 
 
+def as_utc(when: datetime) -> datetime:
+    """A naive time means UTC (PostgreSQL would read it in the session's time zone, SQLite as UTC)."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
 def load_records(engine: Engine, cfg: ExportConfig) -> tuple[list[InteractionRecord], list[RatingRecord]]:
     """Read the store (interactions with their candidates, every rating), newer than ``cfg.since``."""
     sessions = session_factory(engine)
+    since = as_utc(cfg.since) if cfg.since is not None else None
     with sessions() as session:
         iq = select(
             InteractionRow.response_id, InteractionRow.messages, InteractionRow.candidates,
             InteractionRow.chosen_index, InteractionRow.policy_version, InteractionRow.user_hash,
         )  # fmt: skip
         fq = select(FeedbackRow.response_id, FeedbackRow.rating, FeedbackRow.user_hash, FeedbackRow.time)
-        if cfg.since is not None:
-            iq = iq.where(InteractionRow.time >= cfg.since)
-            fq = fq.where(FeedbackRow.time >= cfg.since)
+        if since is not None:  # UTC: SQLite compares the stored UTC text, PostgreSQL the instant
+            iq = iq.where(InteractionRow.time >= since)
+            fq = fq.where(FeedbackRow.time >= since)
         interactions = [
             InteractionRecord(
                 response_id=rid,
@@ -106,17 +131,48 @@ def row_for(pair: Pair, fmt: Format) -> dict[str, Any]:
     raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+def _staging(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _stage(path: Path, chunks: Iterable[str]) -> str:
+    """Write ``path``'s staging file and fsync it; return the content's sha256."""
+    digest = hashlib.sha256()
+    with _staging(path).open("w", encoding="utf-8") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+            digest.update(chunk.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(train: Path, companions: list[Path]) -> None:
+    """Swap staged files in: retire the old companions, switch the train file, then add the new companions."""
+    for path in companions:
+        path.unlink(missing_ok=True)
+    _fsync_dir(train.parent)
+    os.replace(_staging(train), train)
+    _fsync_dir(train.parent)
+    for path in companions:
+        os.replace(_staging(path), path)
+    _fsync_dir(train.parent)
+
+
+def _lines(rows: Iterable[dict[str, Any]]) -> Iterable[str]:
+    return (json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def export_pairs(engine: Engine, fmt: Format, out: Path, cfg: ExportConfig, source_name: str = "") -> ExportResult:
-    """Build pairs from the store and write train, held-out and datasheet beside ``out``."""
+    """Build pairs from the store and write train, held-out and datasheet beside ``out``, as one export."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     interactions, ratings = load_records(engine, cfg)
@@ -124,10 +180,22 @@ def export_pairs(engine: Engine, fmt: Format, out: Path, cfg: ExportConfig, sour
     train = [p for p in pairs.pairs if not is_heldout(p, cfg.heldout_fraction)]
     held = [p for p in pairs.pairs if is_heldout(p, cfg.heldout_fraction)]
     out = Path(out)
-    _write_jsonl(out, [row_for(p, fmt) for p in train])
-    _write_jsonl(heldout_path(out), [row_for(p, fmt) for p in held])
-    sheet = write_datasheet(
-        out, fmt=fmt, cfg=cfg, pairs=pairs, train=train, heldout=held,
-        interactions=len(interactions), ratings=len(ratings), source_name=source_name,
-    )  # fmt: skip
-    return ExportResult(out, heldout_path(out), sheet, len(train), len(held), pairs)
+    held_out = heldout_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = [out, held_out, *datasheet_paths(out)]
+    try:
+        files = {
+            kind: {"name": path.name, "pairs": len(part), "sha256": _stage(path, _lines(row_for(p, fmt) for p in part))}
+            for kind, path, part in (("train", out, train), ("heldout", held_out, held))
+        }
+        sheet = render_datasheet(
+            out, files=files, fmt=fmt, cfg=cfg, pairs=pairs, train=train, heldout=held,
+            interactions=len(interactions), ratings=len(ratings), source_name=source_name,
+        )  # fmt: skip
+        for path, text in sheet.items():
+            _stage(path, [text])
+        _publish(out, [held_out, *sheet])
+    finally:
+        for path in staged:  # after a failure: nothing half-published stays behind (the files in place are whole)
+            _staging(path).unlink(missing_ok=True)
+    return ExportResult(out, held_out, datasheet_paths(out)[0], len(train), len(held), pairs)

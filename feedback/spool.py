@@ -184,16 +184,28 @@ class Spool:
         return [SpoolRecord(int(s), str(t), None if k is None else bytes(k), bytes(v)) for s, t, k, v in rows]
 
     def ack(self, records: list[SpoolRecord]) -> None:
-        """Delete rows that the broker has acknowledged."""
+        """Delete rows that the broker has acknowledged; SpoolError (rows kept, spool usable) if that fails.
+
+        A failed statement rolls the transaction back, as in ``_flush_locked``: left open, it would make
+        every later BEGIN IMMEDIATE fail and the spool would take no appends until a restart.
+        """
         if not records:
             return
         seqs = [(r.seq,) for r in records]
         with self._db_lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            before = self._db.total_changes
-            self._db.executemany("DELETE FROM spool WHERE seq = ?", seqs)
-            removed = self._db.total_changes - before
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    before = self._db.total_changes
+                    self._db.executemany("DELETE FROM spool WHERE seq = ?", seqs)
+                    removed = self._db.total_changes - before
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise SpoolError(f"spool ack failed: {exc}") from exc
             if removed != len(records):  # some were acked before: recount instead of guessing
                 row = self._db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM spool").fetchone()
                 with self._cv:

@@ -5,6 +5,12 @@ Exactly-once on top of at-least-once delivery: each batch is one transaction tha
 event id in ``processed_events`` and skips ids already there, so a redelivered batch (consumer
 restart, spool replay, broker restart) changes nothing. The consumer commits Kafka offsets only
 after ``apply_batch`` returned.
+
+Errors come in two kinds, because the consumer must treat them oppositely: ``StoreError`` means the
+database cannot write now (unreachable, read-only after a failover, a revoked privilege, a missing
+table): retry, commit nothing, dead-letter nothing. ``RowRejected`` means the database refused the
+data (a value it cannot hold, a constraint): the consumer isolates the event responsible and, once
+``check_writable`` shows the database takes other writes, dead-letters that event alone.
 """
 
 from __future__ import annotations
@@ -13,18 +19,47 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, func, select, tuple_
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
 from feedback.events import Event, Feedback, Interaction
 from feedback.store_models import FeedbackRow, InteractionRow, ProcessedEvent
 from flywheel.db import session_factory
+from flywheel.ids import random_hex128
 
-__all__ = ["FeedbackStore", "StoreError"]
+__all__ = ["FeedbackStore", "RowRejected", "StoreError"]
 
 
 class StoreError(RuntimeError):
-    """A batch could not be applied (database unreachable, or conflicts that did not resolve)."""
+    """The database cannot apply anything now (unreachable, read-only, no privilege): retry the batch later."""
+
+
+class RowRejected(RuntimeError):
+    """The database refused the batch's data, not the write as such: one of its events is to blame."""
+
+
+# Why a statement failed, as the database tells it: these say "this row's values", every other DB error
+# says "this database, now" (OperationalError, InternalError e.g. read-only transaction, ProgrammingError
+# e.g. insufficient privilege, InterfaceError, NotSupportedError, a pool timeout).
+_DATA_ERRORS: tuple[type[BaseException], ...] = (DataError, IntegrityError, ValueError, TypeError, OverflowError)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _refuses_data(exc: BaseException) -> bool:
+    """True if ``exc`` blames the values written: a data/constraint error, or a value that could not be bound.
+
+    A StatementError that is not a DBAPIError wraps an exception raised while binding parameters (e.g. a
+    JSON value that cannot be serialised); bare ValueError/TypeError/OverflowError come from the driver
+    (sqlite3 raises OverflowError for an integer beyond 64 bits). ``check_writable`` guards the rest.
+    """
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, DataError | IntegrityError)
+    if isinstance(exc, StatementError):
+        return exc.orig is None or isinstance(exc.orig, _DATA_ERRORS)
+    return isinstance(exc, _DATA_ERRORS)
 
 
 class FeedbackStore:
@@ -47,16 +82,41 @@ class FeedbackStore:
             unique.setdefault(event.event_id, event)
         if not unique:
             return 0
-        last: Exception | None = None
+        last: BaseException | None = None
         for _ in range(self._retries):
             try:
                 with self._sessions.begin() as session:
                     return self._apply(session, list(unique.values()))
-            except IntegrityError as exc:
+            except IntegrityError as exc:  # most often a concurrent writer that applied the same ids first
                 last = exc
-            except OperationalError as exc:
-                raise StoreError(f"database unavailable: {str(exc).splitlines()[0]}") from exc
-        raise StoreError(f"batch kept conflicting: {last}")
+            except (SQLAlchemyError, *_DATA_ERRORS) as exc:
+                if _refuses_data(exc):
+                    raise RowRejected(_first_line(exc)) from exc
+                raise StoreError(f"database takes no writes now: {_first_line(exc)}") from exc
+        assert last is not None
+        raise RowRejected(f"batch kept conflicting: {_first_line(last)}") from last
+
+    def check_writable(self) -> None:
+        """Write one probe of each row kind and roll it back; StoreError if the database refuses.
+
+        Tells "these events are bad" from "this database takes no writes now" when every event of a
+        batch failed on its own: only in the first case may the consumer dead-letter them.
+        """
+        probe = f"probe-{random_hex128()}"
+        rows = [
+            ProcessedEvent(event_id=probe, kind="probe"),
+            _interaction_row(Interaction(event_id=probe, response_id=probe, policy_version="probe")),
+            _feedback_row(Feedback.from_raw(probe, "up", event_id=probe, policy_version="probe")),
+        ]
+        try:
+            with self._sessions() as session:
+                try:
+                    session.add_all(rows)
+                    session.flush()
+                finally:
+                    session.rollback()
+        except (SQLAlchemyError, *_DATA_ERRORS) as exc:
+            raise StoreError(f"database refuses writes: {_first_line(exc)}") from exc
 
     def _apply(self, session: Session, events: list[Event]) -> int:
         ids = [e.event_id for e in events]

@@ -46,11 +46,8 @@ def _rate(rid: str, raw: str | float, user: str, minutes: int = 0) -> Feedback:
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[FeedbackStore]:
-    engine = make_engine(database_url)
-    create_schema(engine)
-    yield FeedbackStore(engine)
-    engine.dispose()
+def store(feedback_store: FeedbackStore) -> FeedbackStore:
+    return feedback_store
 
 
 def crafted() -> list[Event]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from feedback.spool import Spool, SpoolFullError, SpoolLockedError
+from feedback.spool import Spool, SpoolError, SpoolFullError, SpoolLockedError
 
 
 def test_fifo_peek_ack(tmp_path: Path) -> None:
@@ -101,3 +102,28 @@ def test_group_commit_concurrent(tmp_path: Path) -> None:
             mine = [int(v.split(":")[1]) for v in values if v.startswith(f"{tid}:")]
             assert mine == list(range(per))
         assert 0 < commits < threads * per
+
+
+def test_failed_ack_rolls_back_and_the_spool_stays_usable(tmp_path: Path) -> None:
+    """A DELETE that fails inside ack (here a trigger refuses it) must not leave the connection in a
+    transaction: every later BEGIN IMMEDIATE would fail, so no append or ack would work until a restart."""
+    path = tmp_path / "s.db"
+    with Spool(path) as spool:
+        for i in range(3):
+            spool.append("t", None, f"v{i}".encode())
+        other = sqlite3.connect(str(path))
+        other.execute("CREATE TRIGGER refuse BEFORE DELETE ON spool BEGIN SELECT RAISE(ABORT, 'ack refused'); END")
+        other.commit()
+        with pytest.raises(SpoolError, match="ack refused"):
+            spool.ack(spool.peek(2))
+        assert not spool._db.in_transaction
+        assert len(spool) == 3 and [r.value for r in spool.peek()] == [b"v0", b"v1", b"v2"]  # nothing half-acked
+        other.execute("DROP TRIGGER refuse")
+        other.commit()
+        other.close()
+        spool.append("t", None, b"v3")  # BEGIN IMMEDIATE works again
+        spool.ack(spool.peek(2))
+        assert [r.value for r in spool.peek()] == [b"v2", b"v3"]
+        assert len(spool) == 2
+    with Spool(path) as spool:  # and what is on disk agrees
+        assert [r.value for r in spool.peek()] == [b"v2", b"v3"]
