@@ -13,9 +13,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from feedback.store import FeedbackStore
 from flywheel.settings import Settings
 from gateway.admin.canary_router import build_canary_router
 from gateway.admin.canary_service import CanaryService
+from gateway.admin.interactions_router import build_interactions_router
 from gateway.admin.metrics_router import build_metrics_router
 from gateway.admin.metrics_service import MetricsService
 from gateway.admin.router import build_admin_router
@@ -72,6 +74,7 @@ def create_app(
     feedback: FeedbackService | None = None,
     canary: CanaryService | None = None,
     metrics: MetricsService | None = None,
+    interactions: FeedbackStore | None = None,
     on_startup: list[Callable[[], Awaitable[object] | object]] | None = None,
     on_shutdown: list[Callable[[], Awaitable[object] | object]] | None = None,
 ) -> FastAPI:
@@ -104,6 +107,8 @@ def create_app(
         app.include_router(build_canary_router(canary, settings))
     if metrics is not None:
         app.include_router(build_metrics_router(metrics, settings))
+    if interactions is not None:
+        app.include_router(build_interactions_router(interactions, settings))
     app.include_router(build_web_router())
     _merge_openapi_components(app, CHAT_SCHEMA_COMPONENTS)
     app.add_middleware(DirectRoutesFirst, gateway=app)  # first added = innermost of our middleware

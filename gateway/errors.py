@@ -184,8 +184,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = _STATUS_TYPES.get(exc.status_code, "server_error")
+        code = getattr(exc, "code", None)  # an HTTPException of ours may carry an OpenAI error code
         return JSONResponse(
-            error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers
+            error_body(str(exc.detail), kind, None, code), status_code=exc.status_code, headers=exc.headers
         )
 
     @app.exception_handler(Exception)

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from opentelemetry import trace
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,12 +69,12 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge(413, f"request body larger than {self.max_bytes} bytes")
             return message
 
         try:
             await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
+        except BodyTooLarge:  # raised where no exception handler ran (a route reading the body itself)
             await _send_json(send, 413, self._too_large())
 
     def _too_large(self) -> dict[str, Any]:
@@ -82,8 +83,12 @@ class BodySizeLimit:
         )
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """A streamed body went over the limit. An HTTPException because FastAPI, reading a route's body,
+    turns any other exception into a 400 "error parsing the body"; this one it lets through, to the
+    app's handler (the same OpenAI-shaped 413)."""
+
+    code = "payload_too_large"
 
 
 class ApiCors:
@@ -99,7 +104,9 @@ class ApiCors:
             app,
             allow_origins=allow_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
+            # Any request header: the official openai JS SDK sends its own (X-Stainless-*, OpenAI-*) and
+            # would fail its preflight on a fixed list; with no credentials mode this widens nothing.
+            allow_headers=["*"],
             expose_headers=["X-Trace-Id", "Retry-After", "Idempotent-Replayed"],
             allow_credentials=False,
             max_age=600,

@@ -17,6 +17,7 @@ from deploy.canary.live import CanaryAnalyzer
 from deploy.canary.metrics import GatewayCounters, StoreMetrics
 from deploy.canary.plan import RolloutPlan
 from feedback.producer import EventProducer
+from feedback.store import FeedbackStore
 from feedback.tokens import FeedbackTokenSigner
 from flywheel.db import create_schema, make_engine
 from flywheel.settings import MAX_WORKERS, Settings
@@ -140,9 +141,10 @@ def build_gateway(settings: Settings) -> FastAPI:
         feedback=feedback,
         canary=canary,
         metrics=MetricsService(registry, store_metrics),
+        interactions=FeedbackStore(engine),
         backends=backends,
         telemetry=telemetry,
         registry_ok=registry_ok,
-        on_startup=[admin.restore_adapters],
+        on_startup=[routes.get, admin.start_restoring],
         on_shutdown=[admin.aclose, routes.close, recorder.close, producer.close, engine.dispose],
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -43,8 +44,10 @@ class WorkerHttpProtocol(ReadDeadlineHttpToolsProtocol):
 
 
 def prepare_supervisor(settings: Settings) -> Path:
-    """In the supervisor, before any worker exists: create the registry's schema and seed version,
-    give this run a fresh metrics directory, and say if a run with more workers left spooled events.
+    """In the supervisor, before any worker exists: create the registry's schema and seed version, build
+    the files every worker would otherwise race to create on a first start (the default knowledge base,
+    the initial reward head), make sure every worker signs feedback tokens with one secret, give this
+    run a fresh metrics directory, and say if a run with more workers left spooled events.
     Returns the metrics directory (also exported in the environment the workers inherit)."""
     from flywheel.db import create_schema, make_engine
     from policies.registry import PolicyRegistry
@@ -55,12 +58,42 @@ def prepare_supervisor(settings: Settings) -> Path:
         PolicyRegistry(engine).ensure_seed(settings.seed_model_dir, served_model_name=settings.seed_model_name)
     finally:
         engine.dispose()
+    share_feedback_secret(settings)
+    build_shared_files(settings)
     metrics_dir = settings.var_dir / "metrics" / f"gateway-{settings.port}"
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the run, as a pod's do
     metrics_dir.mkdir(parents=True)
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
     warn_stranded_spools(settings)
     return metrics_dir
+
+
+def share_feedback_secret(settings: Settings) -> None:
+    """Without a configured secret each worker would draw its own, and a token issued by one worker
+    would be refused by the others (most ratings lost): draw one here, for every worker of this run."""
+    if settings.feedback_secret:
+        return
+    log.warning("FLYWHEEL_FEEDBACK_SECRET is unset: feedback tokens are valid for this run of the gateway only")
+    os.environ["FLYWHEEL_FEEDBACK_SECRET"] = secrets.token_urlsafe(32)
+
+
+def build_shared_files(settings: Settings) -> None:
+    """Build once what each worker builds on first use (the shipped knowledge base, the initial reward
+    head), so that workers starting together do not write the same files at once."""
+    needs_encoder = settings.grounding_enabled or settings.max_best_of_n > 1
+    if not needs_encoder:
+        return
+    from gateway.grounding.encoder import Encoder
+
+    encoder = Encoder.from_settings(settings)
+    if settings.grounding_enabled:
+        from gateway.grounding.retriever import Retriever
+
+        Retriever.from_settings(settings, encoder=encoder)
+    if settings.max_best_of_n > 1:
+        from policies.reward import load_active_scorer
+
+        load_active_scorer(settings, encoder)
 
 
 def warn_stranded_spools(settings: Settings) -> None:

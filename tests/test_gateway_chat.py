@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from flywheel.procs import free_port
+from tests.fixtures.broker import wait_until
 from tests.fixtures.gateway import GatewayHandle
 from tests.fixtures.vllm import TokenMeter
 
@@ -164,6 +165,68 @@ def test_upstream_timeout_is_504(gateway_factory) -> None:  # type: ignore[no-un
             extra_body={"ignore_eos": True},
         )  # fmt: skip
     assert info.value.status_code == 504
+
+
+def test_request_vllm_rejects_is_the_clients_error_not_the_versions(gateway: GatewayHandle) -> None:
+    """A prompt longer than the context: vLLM answers 400, so does the gateway, and the version's error
+    counter (the canary controller's error rate) does not move: a client cannot fail a version."""
+
+    def version_errors() -> float:
+        lines = httpx.get(f"{gateway.url}/metrics").text.splitlines()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                   if line.startswith("flywheel_errors_total{") and 'policy_version="seed"' in line)  # fmt: skip
+
+    before = version_errors()
+    too_long = [{"role": "user", "content": "restore " * 3000}]
+    with pytest.raises(openai.BadRequestError) as info:
+        client(gateway).chat.completions.create(model="flywheel", messages=too_long, max_tokens=4)
+    assert info.value.status_code == 400
+    assert info.value.code == "upstream_rejected"
+    assert version_errors() == before
+
+
+def test_a_request_without_an_output_limit_gets_the_cap(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    """vLLM's own default is the rest of the context window; the gateway's cap bounds it instead."""
+    gw = gateway_factory("cap", FLYWHEEL_MAX_TOKENS_CAP="6")
+    resp = client(gw).chat.completions.create(
+        model="flywheel", messages=MESSAGES, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert resp.usage is not None and resp.usage.completion_tokens == 6
+    assert resp.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError):
+        client(gw).chat.completions.create(model="flywheel", messages=MESSAGES, max_tokens=7)
+
+
+def test_a_version_vllm_does_not_serve_falls_back_and_counts_against_it(  # type: ignore[no-untyped-def]
+    gateway_factory, vllm_server, seed_model_dir
+) -> None:
+    """vLLM's 404 for a model name the gateway chose (an adapter lost in a vLLM restart, say) is the
+    deployment's failure, not the client's: routed requests fall back to stable and count against the
+    canary; a request pinned to it gets a 503 to retry, not a 404 for a model the client did not name."""
+    gw = gateway_factory("unserved")
+    with gw.admin() as admin:
+        created = admin.post("/admin/policies", json={
+            "kind": "full", "path": str(seed_model_dir), "endpoint": vllm_server.url, "parent": "seed",
+            "served_model_name": "not-served-here"})  # fmt: skip
+        assert created.status_code == 201, created.text
+        lost = created.json()["id"]
+        assert admin.post(f"/admin/policies/{lost}/weight", json={"weight": 1.0}).status_code == 200
+
+    def routed_version() -> str:
+        resp = client(gw).chat.completions.create(model="flywheel", messages=MESSAGES, max_tokens=2)
+        return str(resp.model_extra["flywheel"]["policy_version"])
+
+    def fell_back() -> bool:
+        assert routed_version() == "seed"
+        return f'flywheel_canary_fallbacks_total{{policy_version="{lost}"}}' in httpx.get(f"{gw.url}/metrics").text
+
+    wait_until(fell_back, 10, "a routed request tried on the canary and answered by stable")
+    assert {routed_version() for _ in range(3)} == {"seed"}
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert f'flywheel_errors_total{{kind="PolicyHTTPError:404",policy_version="{lost}"}}' in metrics
+    with pytest.raises(openai.APIStatusError) as info:
+        client(gw).chat.completions.create(model=lost, messages=MESSAGES, max_tokens=2)
+    assert info.value.status_code == 503
 
 
 # --- telemetry -----------------------------------------------------------------------------------

@@ -40,6 +40,14 @@ def test_grounded_answers_cite_the_document_with_the_fact(gateway: GatewayHandle
     assert any(c["doc_id"].startswith(doc) for c in citations), [c["doc_id"] for c in citations]
 
 
+def test_a_question_sent_as_content_parts_is_grounded_too(gateway: GatewayHandle) -> None:
+    parts = [{"type": "text", "text": "What does error K-733 mean?"}]
+    resp = sdk(gateway).chat.completions.create(
+        model="flywheel", messages=[{"role": "user", "content": parts}], max_tokens=8, temperature=0
+    )
+    assert any(c["doc_id"].startswith("error-codes") for c in resp.model_extra["flywheel"]["citations"])
+
+
 def test_grounding_can_be_turned_off_per_request(gateway: GatewayHandle) -> None:
     resp = ask(gateway, "What does error K-733 mean?", extra_body={"grounding": False})
     assert resp.model_extra["flywheel"]["citations"] == []

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +28,7 @@ from flywheel.db import make_engine
 from gateway.spool_slot import slot_path
 from policies.registry import PolicyRegistry
 from tests.fixtures.broker import wait_until
+from tests.fixtures.feedback import post_ratings_sync
 from tests.fixtures.gateway import GatewayHandle, start_gateway
 
 pytestmark = [pytest.mark.vllm, pytest.mark.broker]
@@ -161,6 +163,33 @@ def test_an_operator_change_reaches_every_worker_live(
         wait_until(lambda: versions_served(pool, 24) == {canary}, 30, "every worker routing to the canary")
         assert admin.post(f"/admin/policies/{canary}/rollback", json={"reason": "workers test"}).status_code == 200
         wait_until(lambda: versions_served(pool, 24) == {"seed"}, 30, "every worker back on stable")
+
+
+def test_workers_without_a_configured_secret_accept_each_others_feedback_tokens(  # type: ignore[no-untyped-def]
+    tmp_path: Path, vllm_server, seed_model_dir, broker, gateway_shared_env
+) -> None:
+    """With no FLYWHEEL_FEEDBACK_SECRET the supervisor draws one for all its workers: a token issued by one
+    worker is accepted by another (each drawing its own refused most ratings)."""
+    env = {"FLYWHEEL_WORKERS": "2", "FLYWHEEL_FEEDBACK_SECRET": "", "FLYWHEEL_GROUNDING_ENABLED": "false",
+           "FLYWHEEL_MAX_BEST_OF_N": "1", "FLYWHEEL_FEEDBACK_RATE_PER_S": "1000",
+           "FLYWHEEL_FEEDBACK_RATE_BURST": "1000"}
+    gw = start_gateway(tmp_path, vllm_server.url, seed_model_dir, vllm_server.config.served_model_name,
+                       broker.bootstrap, env, shared=gateway_shared_env)  # fmt: skip
+    try:
+        wait_until(lambda: len(workers(gw)) == 2, 60, "two gateway workers")
+        answers: list[dict] = []
+        for _ in range(20):  # until both workers have issued tokens
+            with ThreadPoolExecutor(8) as threads:
+                answers += threads.map(lambda _: flywheel_object(gw, max_tokens=1), range(16))
+            if workers(gw) <= served_by(gw):
+                break
+        assert workers(gw) <= served_by(gw)
+        bodies = [{"response_id": a["response_id"], "feedback_token": a["feedback_token"], "rating": "up"}
+                  for a in answers]  # fmt: skip
+        statuses = Counter(r.status for r in post_ratings_sync(gw, bodies, concurrency=8))
+        assert statuses == {202: len(bodies)}, statuses
+    finally:
+        gw.process.stop()
 
 
 def test_serve_rejects_a_bad_worker_count_in_one_line() -> None:

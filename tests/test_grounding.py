@@ -159,6 +159,42 @@ def test_lost_vectors_are_re_embedded_on_open(encoder: CountingEncoder, tmp_path
     assert index.search("ice", 1, mode="dense")[0].chunk.doc_id == "a"
 
 
+def test_a_matrix_that_is_not_its_keys_pair_is_re_embedded(encoder: CountingEncoder, tmp_path: Path) -> None:
+    """A crash between the two renames can leave a new ``vectors.npy`` beside the old ``vectors.json`` with
+    as many rows: the checksum in the JSON catches it, and the rows are embedded again, never mismatched."""
+    docs_dir, kb = tmp_path / "docs", tmp_path / "kb"
+    _write(docs_dir, "a.md", "# A\n\nAlpha text about glaciers.")
+    _write(docs_dir, "b.md", "# B\n\nBravo text about volcanoes.")
+    HybridIndex(kb, encoder).add_paths([docs_dir])
+    swapped = np.load(kb / "vectors.npy")[::-1].copy()  # same shape, rows in the wrong order
+    np.save(kb / "vectors.npy", swapped)
+    before = encoder.count
+    index = HybridIndex(kb, encoder)
+    assert encoder.count == before + 2
+    assert index.search("ice", 1, mode="dense")[0].chunk.doc_id == "a"
+
+
+def test_concurrent_vector_writers_leave_a_whole_pair(encoder: CountingEncoder, tmp_path: Path) -> None:
+    """Two processes saving at once (gateway workers on a first start) must not trip over one shared
+    temporary file; whichever rename comes last wins, and what is left is a consistent pair."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.grounding.store import KbStore
+
+    docs_dir, kb = tmp_path / "docs", tmp_path / "kb"
+    _write(docs_dir, "a.md", "# A\n\nAlpha text about glaciers.")
+    index = HybridIndex(kb, encoder)
+    index.add_paths([docs_dir])
+    stores = [KbStore(kb) for _ in range(4)]
+    chunks = stores[0].chunks()
+    vectors = np.load(kb / "vectors.npy")
+    with ThreadPoolExecutor(4) as pool:
+        for result in [pool.submit(s.save_vectors, chunks, vectors, "enc") for s in stores for _ in range(25)]:
+            result.result()
+    assert stores[0].load("enc", vectors.shape[1]).missing == []
+    assert not list(kb.glob("*.tmp"))
+
+
 # --- retrieval quality ------------------------------------------------------------------------------
 def test_eval_set_is_large_paraphrased_and_points_at_shipped_docs() -> None:
     items = load_qa(shipped_eval_path())

@@ -60,8 +60,6 @@ class VersionOut(BaseModel):
     kind: str
     status: str
     weight: float
-    reason: str | None = None
-    details: dict[str, Any] | None = Field(None, description="numbers behind the change, for the audit log")
     served_model_name: str
     endpoint: str | None
     artifact_path: str

@@ -81,6 +81,7 @@ class AdminService:
         self._on_change = on_change
         self._lock = asyncio.Lock()
         self._pending: dict[str, tuple[str, asyncio.Task[None]]] = {}  # adapter name -> (version, unload)
+        self._restoring: asyncio.Task[None] | None = None
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
@@ -211,8 +212,38 @@ class AdminService:
                         failures[version.id] = err.message
         return failures
 
+    async def start_restoring(self, retry_s: float = 5.0) -> dict[str, str]:
+        """Gateway start-up: restore the adapters now, and keep retrying those that failed in the
+        background (vLLM still starting, or restarted) until every active one is loaded. Until then a
+        canary's requests fall back to stable, counted against it; failures are logged each round."""
+        failures = await self.restore_adapters()
+        if failures:
+            self._log_restore_failures(failures)
+            self._restoring = asyncio.get_running_loop().create_task(self._keep_restoring(retry_s))
+        return failures
+
+    async def _keep_restoring(self, retry_s: float) -> None:
+        while True:
+            await asyncio.sleep(retry_s)
+            try:
+                failures = await self.restore_adapters()
+            except APIError as err:  # the registry itself is unreachable: try again next round
+                failures = {"registry": err.message}
+            if not failures:
+                log.info("every active LoRA adapter is loaded in vLLM again")
+                return
+            self._log_restore_failures(failures)
+
+    @staticmethod
+    def _log_restore_failures(failures: dict[str, str]) -> None:
+        for version_id, message in failures.items():
+            log.warning("adapter of %s not loaded (retrying): %s", version_id, message)
+
     async def aclose(self) -> None:
-        """Run pending unloads now (shutdown: no traffic is left to protect)."""
+        """Stop restoring; run pending unloads now (shutdown: no traffic is left to protect)."""
+        if self._restoring is not None:
+            self._restoring.cancel()
+            await asyncio.gather(self._restoring, return_exceptions=True)
         pending = list(self._pending.items())
         for name, (version_id, task) in pending:
             task.cancel()

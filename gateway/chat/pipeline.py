@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from gateway.chat.protocol import ChatCompletionRequest
 from gateway.grounding.stage import Citation, GroundingStage
-from safety.chain import SafetyChain
+from safety.chain import SafetyChain, message_text
+from safety.filters.base import CheckContext
 from safety.streaming import StreamGuard
 from safety.verdict import ChainResult
 
@@ -30,6 +31,9 @@ class Prepared:
     messages: list[dict[str, Any]]
     citations: list[Citation] = field(default_factory=list)
     input_safety: ChainResult | None = None
+    # The request's own instruction text (its system messages, before grounding added sources): output
+    # that echoes it is blocked by the output chain's ``system_prompt_leak`` filter.
+    system_prompt: str | None = None
 
     @property
     def blocked(self) -> bool:
@@ -91,11 +95,12 @@ class RequestPipeline:
         checked = self.safety.check_input(messages)
         if checked.blocked:
             return Prepared(messages, input_safety=checked)
+        system = "\n".join(message_text(m) for m in messages if m.get("role") == "system").strip() or None
         outgoing = checked.messages if checked.messages is not None else messages
         if not ground:
-            return Prepared(outgoing, input_safety=checked)
+            return Prepared(outgoing, input_safety=checked, system_prompt=system)
         grounded = self.grounding.ground(outgoing)  # type: ignore[union-attr]
-        return Prepared(grounded.messages, grounded.citations, checked)
+        return Prepared(grounded.messages, grounded.citations, checked, system)
 
     # --- after the policy -------------------------------------------------------------------
     async def choose(self, prompt: list[dict[str, Any]], candidates: list[str]) -> Choice:
@@ -106,11 +111,15 @@ class RequestPipeline:
         best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
         return Choice(best, [float(r) for r in rewards])
 
-    def check_output(self, text: str) -> ChainResult:
-        return self.safety.check_output(text)
+    def check_output(self, text: str, prepared: Prepared) -> ChainResult:
+        """The output chain on one answer to ``prepared`` (its instruction text is what must not leak)."""
+        return self.safety.check_output(text, self._context(prepared))
 
-    def stream_guard(self) -> StreamGuard:
-        return StreamGuard(self.safety)
+    def stream_guard(self, prepared: Prepared) -> StreamGuard:
+        return StreamGuard(self.safety, context=self._context(prepared))
+
+    def _context(self, prepared: Prepared) -> CheckContext:
+        return CheckContext(system_prompt=prepared.system_prompt or self.safety.system_prompt)
 
 
 def safety_report(prepared: Prepared, outputs: list[ChainResult]) -> dict[str, Any]:

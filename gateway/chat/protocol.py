@@ -71,15 +71,26 @@ class ChatCompletionRequest(BaseModel):
     grounding: bool | None = Field(None, description="false: answer without retrieved sources")
 
     def upstream_body(
-        self, served_model_name: str, messages: list[dict[str, Any]], *, n: int | None = None, stream: bool | None = None
+        self,
+        served_model_name: str,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens_cap: int,
+        n: int | None = None,
+        stream: bool | None = None,
     ) -> dict[str, Any]:
-        """The body vLLM receives: OpenAI fields only, the stage-processed messages, our model name."""
+        """The body vLLM receives: OpenAI fields only, the stage-processed messages, our model name.
+
+        A request that names no output limit gets ``max_tokens_cap``: vLLM's own default is the rest of
+        the context window (times ``n``), which the cap exists to bound; vLLM clips it to the context."""
         body = self.model_dump(
             exclude_none=True,
             exclude={"model", "user", "stream_options", "messages", "best_of_n", "grounding", "stream"},
         )
         body["model"] = served_model_name
         body["messages"] = messages
+        if self.max_tokens is None and self.max_completion_tokens is None:
+            body["max_tokens"] = max_tokens_cap
         if n is not None:
             body["n"] = n
         body["stream"] = self.stream if stream is None else stream

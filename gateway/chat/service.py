@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -21,6 +21,7 @@ from feedback.tokens import FeedbackTokenSigner
 from flywheel.ids import random_hex128
 from gateway.chat.pipeline import Prepared, RequestPipeline, safety_report
 from gateway.chat.protocol import ChatCompletionRequest
+from gateway.chat.recordable import recordable_candidates
 from gateway.chat.streaming import DONE, StreamState, relay, replay, sse
 from gateway.chat.upstream import Upstream, map_policy_error
 from gateway.errors import BadRequest, NotFound, RateLimited
@@ -32,6 +33,7 @@ from gateway.telemetry import Telemetry
 from policies.errors import PolicyError
 from policies.registry_models import RouteEntry
 from safety.refusal import refusal_chunks, refusal_completion
+from safety.verdict import ChainResult
 
 ROUTED_MODEL = "flywheel"
 _NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)  # reusable: nullcontext keeps no state
@@ -118,6 +120,14 @@ class ChatService:
             if req.temperature == 0:
                 raise BadRequest("best_of_n needs sampling: use temperature > 0", param="temperature")
 
+    def _body_for(
+        self, req: ChatCompletionRequest, prepared: Prepared, **options: Any
+    ) -> Callable[[RouteEntry], dict[str, Any]]:
+        """The upstream body for whichever version an attempt goes to (a canary, or stable on fallback)."""
+        return lambda entry: req.upstream_body(
+            entry.served_model_name, prepared.messages, max_tokens_cap=self.max_tokens_cap, **options
+        )
+
     def route(self, model: str, sticky_key: str | None) -> tuple[RouteEntry, bool]:
         """The version to answer with, and whether the client pinned it by name."""
         table = self.routes.get()
@@ -177,7 +187,7 @@ class ChatService:
             return self._refuse(req, response_id, target, prepared, started)
         with self._stage("generate") as span:
             result, target = await self.upstream.complete(
-                target, pinned, lambda e: req.upstream_body(e.served_model_name, prepared.messages, n=k if k > 1 else None)
+                target, pinned, self._body_for(req, prepared, n=k if k > 1 else None)
             )
             span.set_attribute("flywheel.policy_version", target.version_id)
         choices = result.get("choices") or []
@@ -188,7 +198,7 @@ class ChatService:
             chosen = dict(choices[choice.index], index=0)
             result["choices"] = [chosen]
         with self._stage("output_safety"):
-            outputs = [self._check_choice(c) for c in result.get("choices") or []]
+            outputs = [self._check_choice(c, prepared) for c in result.get("choices") or []]
         extra: dict[str, Any] = {"safety": safety_report(prepared, outputs)}
         if choice is not None:
             extra.update(reward=choice.rewards[choice.index] if choice.rewards else None,
@@ -198,13 +208,14 @@ class ChatService:
         result["flywheel"] = self._flywheel(response_id, target.version_id, prepared, **extra)
         usage = result.get("usage") or {}
         self._observe(target, "200", started, usage.get("completion_tokens", 0), stream=False, response_id=response_id)
+        served = {choice.index: outputs[0]} if choice is not None else dict(enumerate(outputs))
         self._record(req, response_id, target, prepared, texts, choice.index if choice else 0,
-                     choice.rewards if choice else None, outputs, started)  # fmt: skip
+                     choice.rewards if choice else None, outputs, started, served=served)  # fmt: skip
         return result
 
-    def _check_choice(self, choice: dict[str, Any]) -> Any:
+    def _check_choice(self, choice: dict[str, Any], prepared: Prepared) -> Any:
         message = choice.get("message") or {}
-        checked = self.pipeline.check_output(message.get("content") or "")
+        checked = self.pipeline.check_output(message.get("content") or "", prepared)
         if checked.blocked:
             choice["message"] = {"role": "assistant", "content": self.pipeline.safety.refusal_message,
                                  "refusal": self.pipeline.safety.refusal_message}  # fmt: skip
@@ -221,7 +232,7 @@ class ChatService:
         body = refusal_completion(completion_id=response_id, model=req.model, n=req.n, flywheel=flywheel,
                                   message=self.pipeline.safety.refusal_message)  # fmt: skip
         self._observe(target, "content_filter", started, 0, stream=False, response_id=response_id)
-        self._record(req, response_id, target, prepared, [], 0, None, [], started)
+        self._record(req, response_id, target, prepared, [], 0, None, [], started, served={})
         return body
 
     # --- streaming --------------------------------------------------------------------------
@@ -245,10 +256,10 @@ class ChatService:
                 body = await self._stream_best_of_n(req, state, target, pinned, prepared, k)
             else:
                 (upstream, first), target = await self.upstream.open_stream(
-                    target, pinned, lambda e: req.upstream_body(e.served_model_name, prepared.messages)
+                    target, pinned, self._body_for(req, prepared)
                 )
-                body = relay(upstream, first, state, self.pipeline.stream_guard, self.pipeline.safety.refusal_message,
-                             req.n)  # fmt: skip
+                body = relay(upstream, first, state, lambda: self.pipeline.stream_guard(prepared),
+                             self.pipeline.safety.refusal_message, req.n)  # fmt: skip
                 body = self._closing(body, upstream)
         except BaseException:
             self._release()
@@ -268,13 +279,13 @@ class ChatService:
     ) -> AsyncIterator[bytes]:  # fmt: skip
         """Best-of-n cannot stream live: generate all k, choose, check, then stream the winner."""
         result, target = await self.upstream.complete(
-            target, pinned, lambda e: req.upstream_body(e.served_model_name, prepared.messages, n=k, stream=False)
+            target, pinned, self._body_for(req, prepared, n=k, stream=False)
         )
         choices = result.get("choices") or []
         texts = [(c.get("message") or {}).get("content") or "" for c in choices]
         choice = await self.pipeline.choose(prepared.messages, texts)
         winner = dict(choices[choice.index], index=0)
-        checked = self._check_choice(winner)
+        checked = self._check_choice(winner, prepared)
         state.outputs[0] = checked
         state.texts[0] = [(winner.get("message") or {}).get("content") or ""]
         state.completion_tokens = (result.get("usage") or {}).get("completion_tokens", 0)
@@ -304,8 +315,10 @@ class ChatService:
                              chosen_index=choice.index, candidates=len(candidates))  # fmt: skip
             yield sse(state.chunk([], flywheel=self._flywheel(state.response_id, target.version_id, prepared, **extra)))
             texts = best[1] if best is not None else state.joined()
+            served = ({best[0].index: outputs[0]} if best is not None else
+                      {pos: state.outputs[i] for pos, i in enumerate(sorted(state.texts)) if i in state.outputs})
             self._record(req, state.response_id, target, prepared, texts, best[0].index if best else 0,
-                         best[0].rewards if best else None, outputs, started)  # fmt: skip
+                         best[0].rewards if best else None, outputs, started, served=served)  # fmt: skip
         except PolicyError as exc:
             state.status = "stream_error"
             self.upstream.count_failure(target, exc)
@@ -339,17 +352,21 @@ class ChatService:
     def _record(
         self, req: ChatCompletionRequest, response_id: str, target: RouteEntry, prepared: Prepared,
         texts: list[str], chosen: int, rewards: list[float] | None, outputs: list[Any], started: float,
+        *, served: Mapping[int, ChainResult],
     ) -> None:  # fmt: skip
-        """Hand the interaction to the recorder (O(1); redaction and Kafka happen off this path)."""
+        """Hand the interaction to the recorder (O(1); redaction and Kafka happen off this path).
+        ``served``: candidate index -> the output check of what the user got for it (gateway.chat.recordable)."""
         if self.recorder is None:
             return
+        kept = recordable_candidates(texts, chosen, rewards, served, lambda t: self.pipeline.check_output(t, prepared))
         ctx = trace.get_current_span().get_span_context()
         self.recorder.submit(InteractionFacts(
             response_id=response_id, policy_version=target.version_id,
             # what the policy saw (redacted input plus the grounding sources), so that preference
             # pairs train the policy on the prompts it actually answered
             messages=prepared.messages,
-            candidates=texts, chosen_index=chosen, rewards=rewards, grounding_doc_ids=prepared.doc_ids,
+            candidates=kept.texts, chosen_index=kept.chosen_index, rewards=kept.rewards,
+            grounding_doc_ids=prepared.doc_ids,
             safety=[r.to_dict() for r in [prepared.input_safety, *outputs] if r is not None],
             latency_ms=(time.perf_counter() - started) * 1000,
             trace_id=format(ctx.trace_id, "032x") if ctx.is_valid else None, user=req.user,

@@ -19,9 +19,10 @@ Stream = tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None]
 
 def map_policy_error(exc: PolicyError) -> APIError:
     """Translate a backend failure into the client-facing error it deserves."""
-    if isinstance(exc, PolicyHTTPError) and 400 <= exc.status_code < 500:
+    if not is_backend_failure(exc):
+        assert isinstance(exc, PolicyHTTPError)
         err = BadRequest(f"policy rejected the request: {exc.message}", code="upstream_rejected")
-        err.status_code = exc.status_code if exc.status_code in (400, 404, 422) else 400
+        err.status_code = exc.status_code if exc.status_code in (400, 422) else 400
         return err
     if isinstance(exc, PolicyTimeout):
         return GatewayTimeout("the policy server did not answer in time", code="upstream_timeout")
@@ -31,8 +32,10 @@ def map_policy_error(exc: PolicyError) -> APIError:
 
 
 def is_backend_failure(exc: PolicyError) -> bool:
-    """A failure of the version's backend (counted against it), not of the client's request."""
-    return not (isinstance(exc, PolicyHTTPError) and 400 <= exc.status_code < 500)
+    """A failure of the version's backend (counted against it, and a canary's request retried on stable),
+    not of the client's request. vLLM's 404 is the deployment's: the gateway chose the model name, so
+    vLLM not serving it means the version's adapter is not loaded there (restarted, or still starting)."""
+    return not (isinstance(exc, PolicyHTTPError) and 400 <= exc.status_code < 500 and exc.status_code != 404)
 
 
 class Upstream:
@@ -42,6 +45,12 @@ class Upstream:
         self.metrics = metrics
 
     def count_failure(self, target: RouteEntry, exc: PolicyError) -> None:
+        """Count a backend failure against the version (the canary controller reads it as its error
+        rate). A request the backend rejected (4xx: too long a prompt, bad parameters) is the client's
+        fault, not the version's: it shows in the requests counter by status, never here, so no client
+        can push a canary towards rollback by sending bad requests."""
+        if not is_backend_failure(exc):
+            return
         kind = type(exc).__name__
         if isinstance(exc, PolicyHTTPError):
             kind = f"{kind}:{exc.status_code}"

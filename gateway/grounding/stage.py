@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.grounding.retriever import Hit, Retriever
+from safety.chain import message_text
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD = re.compile(r"[a-z0-9][a-z0-9\-]*")
@@ -64,8 +65,9 @@ class GroundingStage:
 
     def ground(self, messages: list[dict[str, Any]]) -> Grounding:
         """Messages with a ``Sources:`` block added to the system message, and the citations behind it."""
-        query = next((m["content"] for m in reversed(messages) if m["role"] == "user" and m.get("content")), "")
-        if not isinstance(query, str) or not query.strip():
+        # The last user message's text, whether a string or a list of content parts (the SDKs send both).
+        query = next((message_text(m) for m in reversed(messages) if m["role"] == "user" and m.get("content")), "")
+        if not query.strip():
             return Grounding(messages, [])
         hits = self.retriever.search(query, k=self.top_k)
         if not hits:

@@ -6,17 +6,22 @@ Layout of the directory (``var/kb`` by default)::
     vectors.npy      float32 (n_chunks, dim), one row per chunk
     vectors.json     {"encoder": name, "keys": [...]} - which chunk (id + content hash) each row belongs to
 
-SQLite commits first, the vectors second (each written to a temporary file and renamed). A crash in
-between leaves vectors that disagree with the manifest; ``load`` notices through ``vectors.json`` and
-reports the chunks whose vectors are missing, so the index re-embeds those instead of serving stale rows.
+SQLite commits first, the vectors second (each written to a temporary file of its own, fsync'd and
+renamed; ``vectors.json`` names the sha256 of the ``vectors.npy`` it goes with). A crash in between leaves
+vectors that disagree with the manifest, or a matrix that disagrees with its keys; ``load`` notices through
+``vectors.json`` and reports the chunks whose vectors are missing, so the index re-embeds those instead of
+serving stale or mismatched rows. Unique temporary names let two processes (gateway workers on a first
+start) write at once: the last rename wins whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import io
 import os
 import sqlite3
+import tempfile
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -125,28 +130,54 @@ class KbStore:
 
     # --- vectors ------------------------------------------------------------------------------
     def save_vectors(self, chunks: list[Chunk], vectors: np.ndarray, encoder: str) -> None:
-        """Write the matrix and its row ids atomically (temporary file, then rename)."""
-        npy_tmp = self.directory / "vectors.npy.tmp"
-        with npy_tmp.open("wb") as fh:
-            np.save(fh, vectors.astype(np.float32, copy=False))
-        json_tmp = self.directory / "vectors.json.tmp"
-        json_tmp.write_text(json.dumps(
-            {"encoder": encoder, "dim": int(vectors.shape[1]), "keys": [vector_key(c) for c in chunks]}
-        ))
-        os.replace(npy_tmp, self.directory / "vectors.npy")
-        os.replace(json_tmp, self.directory / "vectors.json")
+        """Write the matrix, then its row ids and checksum, each atomically (temporary file, rename)."""
+        buffer = io.BytesIO()
+        np.save(buffer, vectors.astype(np.float32, copy=False))
+        matrix = buffer.getvalue()
+        meta = {
+            "encoder": encoder, "dim": int(vectors.shape[1]), "keys": [vector_key(c) for c in chunks],
+            "npy_sha256": hashlib.sha256(matrix).hexdigest(),
+        }  # fmt: skip
+        self._write_atomically("vectors.npy", matrix)
+        self._write_atomically("vectors.json", json.dumps(meta).encode())
+
+    def _write_atomically(self, name: str, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.directory / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _stored_vectors(self) -> tuple[dict, np.ndarray] | None:
+        """``vectors.json`` and the matrix it names, or None when absent, unreadable or not a pair."""
+        meta_path, npy_path = self.directory / "vectors.json", self.directory / "vectors.npy"
+        try:
+            meta = json.loads(meta_path.read_text())
+            matrix = npy_path.read_bytes()
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("npy_sha256") != hashlib.sha256(matrix).hexdigest():
+            return None  # a crash between the two renames, or files from before checksums: re-embed
+        try:
+            stored = np.load(io.BytesIO(matrix))
+        except ValueError:
+            return None
+        if len(meta.get("keys", [])) != len(stored):
+            return None
+        return meta, stored
 
     def prune_vectors(self) -> None:
         """Drop the rows of chunks that no longer exist, without an encoder (for removals from the CLI)."""
-        meta_path, npy_path = self.directory / "vectors.json", self.directory / "vectors.npy"
-        if not (meta_path.is_file() and npy_path.is_file()):
-            return
-        meta = json.loads(meta_path.read_text())
-        stored = np.load(npy_path)
-        keys = meta.get("keys", [])
-        if len(keys) != len(stored):
-            return  # inconsistent files: the next open re-embeds what is missing
-        rows = dict(zip(keys, stored, strict=True))
+        found = self._stored_vectors()
+        if found is None:
+            return  # nothing usable: the next open re-embeds what is missing
+        meta, stored = found
+        rows = dict(zip(meta["keys"], stored, strict=True))
         chunks = [c for c in self.chunks() if vector_key(c) in rows]
         vectors = np.array([rows[vector_key(c)] for c in chunks], dtype=np.float32).reshape(-1, stored.shape[1])
         self.save_vectors(chunks, vectors, meta.get("encoder", ""))
@@ -156,16 +187,11 @@ class KbStore:
         chunks = self.chunks()
         vectors = np.zeros((len(chunks), dim), dtype=np.float32)
         have: dict[str, np.ndarray] = {}
-        meta_path, npy_path = self.directory / "vectors.json", self.directory / "vectors.npy"
-        if meta_path.is_file() and npy_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text())
-                stored = np.load(npy_path)
-            except (OSError, ValueError):
-                meta, stored = {}, np.zeros((0, dim), dtype=np.float32)
-            ids = meta.get("keys", [])
-            if meta.get("encoder") == encoder and meta.get("dim") == dim and len(ids) == len(stored):
-                have = dict(zip(ids, stored, strict=True))
+        found = self._stored_vectors()
+        if found is not None:
+            meta, stored = found
+            if meta.get("encoder") == encoder and meta.get("dim") == dim:
+                have = dict(zip(meta["keys"], stored, strict=True))
         missing: list[int] = []
         for pos, chunk in enumerate(chunks):
             row = have.get(vector_key(chunk))
