@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     # --- gateway ---------------------------------------------------------------------------
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(
         1, ge=1, le=MAX_WORKERS,
         description="gateway processes serving the port: one per core the gateway may use (gateway/workers.py)",
@@ -89,14 +89,18 @@ class Settings(BaseSettings):
 
     # --- broker ----------------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(None, description="external broker; unset = embedded Tansu")
-    kafka_port: int = 9092
+    kafka_port: int = Field(9092, ge=1, le=65535, description="embedded broker port")
 
     # --- policy server (vLLM) --------------------------------------------------------------
     vllm_url: str | None = Field(None, description="external vLLM; unset = `flywheel up` starts one")
     vllm_host: str = "127.0.0.1"
-    vllm_port: int = 8100
+    vllm_port: int = Field(8100, ge=1, le=65535)
     vllm_startup_timeout_s: float = 300.0
-    vllm_max_loras: int = Field(16, description="LoRA slots; adapters loaded over the server lifetime must stay below it (CPU LoRA bug)")
+    vllm_max_loras: int = Field(
+        16, ge=2,
+        description="LoRA slots; adapters loaded over the server lifetime must stay below it (CPU LoRA bug: one "
+        "slot always free, so at least 2; policies/vllm_server.py)",
+    )  # fmt: skip
     vllm_max_lora_rank: int = 64
     vllm_lora_resolver_dir: Path | None = Field(
         None,
@@ -205,7 +209,7 @@ class Settings(BaseSettings):
         default_factory=lambda: ["support@kestrelbackup.com", "1-800-555-0142"],
         description="PII the assistant may give out (the product's own contact details)",
     )
-    safety_pii_leak_action: str = Field("redact", description="redact | block, for PII in answers")
+    safety_pii_leak_action: Literal["redact", "block"] = Field("redact", description="PII in answers: redact | block")
     safety_classifier_path: Path | None = Field(None, description="unset = var/safety/classifier")
     safety_classifier_threshold: float | None = Field(None, description="unset = the threshold saved at training")
     safety_classifier_required: bool = Field(False, description="fail at start-up when the classifier is missing")

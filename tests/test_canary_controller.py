@@ -218,12 +218,15 @@ def test_pause_holds_resume_continues_and_status_shows_it(rig: Rig) -> None:
 
 
 def test_force_promote_and_abort_from_the_api_and_cli(rig: Rig) -> None:
-    first, second = rig.register("first"), rig.register("second")
+    first, second, third = rig.register("first"), rig.register("second"), rig.register("third")
     rig.controller.tick()
-    aborted = CliRunner().invoke(canary_cli, ["abort", first, "--url", rig.url, "--key", ADMIN_KEY,
+    aborted = CliRunner().invoke(canary_cli, ["rollback", first, "--url", rig.url, "--key", ADMIN_KEY,
                                               "--reason", "bad vibes"])  # fmt: skip
     assert aborted.exit_code == 0, aborted.output
     assert rig.version(first)["status"] == "rolled_back"
+    also = CliRunner().invoke(canary_cli, ["abort", third, "--url", rig.url, "--key", ADMIN_KEY])
+    assert also.exit_code == 0, also.output
+    assert rig.version(third)["status"] == "rolled_back"
     abort = next(a for a in rig.registry.audit(version_id=first) if a.action == "rollback")
     assert abort.details is not None and abort.details["canary_action"] == "abort" and abort.details["reason"] == "bad vibes"
     assert rig.http.post(f"/admin/canary/{first}/promote").status_code == 409  # no longer a canary

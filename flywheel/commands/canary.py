@@ -22,6 +22,13 @@ _FMT = {"thumbs_up_rate": "{:.1%}", "mean_reward": "{:.3f}", "error_rate": "{:.2
 _STYLE = {"success": "green", "failure": "red", "inconclusive": "yellow", "skipped": "dim"}
 
 
+def _positive(value: float | None) -> float | None:
+    """Refuse 0 (it used to mean "the default" silently) and negatives (a busy loop) at parse time."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be > 0 seconds, got {value:g}")
+    return value
+
+
 def _num(metric: str, value: float | None) -> str:
     return "-" if value is None else _FMT[metric].format(value)
 
@@ -69,6 +76,8 @@ app.command("pause", help="Hold canary ID where it is: the controller changes no
     _action("pause", "paused"))
 app.command("resume", help="Let the controller analyse and act on canary ID again.")(_action("resume", "resumed"))
 app.command("promote", help="Promote canary ID now, whatever the analysis says.")(_action("promote", "promoted"))
+app.command("rollback", help="Roll canary ID back now (the design card's name; `abort` is the same).")(
+    _action("abort", "rolled back"))
 app.command("abort", help="Roll canary ID back now.")(_action("abort", "rolled back"))
 
 
@@ -77,9 +86,15 @@ def watch(
     url: Url = None,
     key: Key = None,
     database_url: Annotated[str | None, typer.Option("--database-url", help="default: FLYWHEEL_DATABASE_URL")] = None,
-    interval: Annotated[float | None, typer.Option("--interval", help="seconds between ticks")] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option("--interval", callback=_positive, help="seconds between ticks, > 0 (default: settings)"),
+    ] = None,
 ) -> None:
-    """Run the canary controller until SIGINT or SIGTERM."""
+    """Run the canary controller until SIGINT or SIGTERM.
+
+    An unreachable database or a bad setting ends as one ``error:`` line (the CLI's error boundary, flywheel/cli.py).
+    """
     from deploy.canary.admin_client import AdminClient
     from deploy.canary.controller import CanaryController
     from deploy.canary.live import CanaryAnalyzer
@@ -98,7 +113,11 @@ def watch(
         _fail("no operator key: pass --key, or set FLYWHEEL_ADMIN_KEY or FLYWHEEL_ADMIN_KEYS")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = make_engine(database_url or settings.effective_database_url)
-    create_schema(engine)
+    try:
+        create_schema(engine)  # OperationalError when the database is unreachable: one line, via the boundary
+    except Exception:
+        engine.dispose()
+        raise
     plan = RolloutPlan.from_settings(settings)
     analyzer = CanaryAnalyzer(PolicyRegistry(engine), StoreMetrics(engine),
                               GatewayCounters(settings.canary_gateway_metrics_urls), plan)  # fmt: skip
@@ -106,9 +125,10 @@ def watch(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    Console(stderr=True).print(f"canary controller: plan {plan.steps}, every {interval or settings.canary_interval_s}s")
+    every = settings.canary_interval_s if interval is None else interval
+    Console(stderr=True).print(f"canary controller: plan {plan.steps}, every {every}s")
     try:
-        CanaryController(analyzer, admin).run(stop, interval or settings.canary_interval_s)
+        CanaryController(analyzer, admin).run(stop, every)
     finally:
         admin.close()
         engine.dispose()

@@ -21,7 +21,9 @@ def _fail(message: str) -> None:
 def consume(
     database_url: str = typer.Option(None, help="store URL (default FLYWHEEL_DATABASE_URL or SQLite under var/)"),
     kafka_bootstrap: str = typer.Option(None, help="broker (default FLYWHEEL_KAFKA_BOOTSTRAP or the embedded one)"),
-    metrics_port: int = typer.Option(None, help="serve Prometheus metrics on this port (default: off)"),
+    metrics_port: int = typer.Option(
+        None, min=1, max=65535, help="serve Prometheus metrics on this port (default: off)"
+    ),
 ) -> None:
     """Materialise interactions and ratings into the store; offsets commit after the store commits."""
     from prometheus_client import start_http_server

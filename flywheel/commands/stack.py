@@ -14,10 +14,15 @@ def _fail(message: str) -> None:
 
 
 def up(
-    port: int = typer.Option(None, help="gateway port (default FLYWHEEL_PORT or 8000)"),
+    port: int = typer.Option(None, min=1, max=65535, help="gateway port (default FLYWHEEL_PORT or 8000)"),
     host: str = typer.Option(None, help="gateway host (default FLYWHEEL_HOST or 127.0.0.1)"),
 ) -> None:
-    """Start broker, vLLM, gateway, consumer and canary controller; print URLs and keys; Ctrl-C stops all."""
+    """Start broker, vLLM, gateway, consumer and canary controller; print URLs and keys; Ctrl-C stops all.
+
+    A bad setting, a seed build that fails, a missing broker binary, a refused safety configuration: those
+    end as one ``error:`` line through the CLI's error boundary (flywheel/cli.py), after run_stack has
+    stopped whatever it had started.
+    """
     from deploy.launcher import StackError, run_stack
     from flywheel.procs import PortInUseError, ProcessStartError
 
@@ -33,7 +38,7 @@ def up(
 
 
 def serve(
-    port: int = typer.Option(None, help="port (default FLYWHEEL_PORT or 8000)"),
+    port: int = typer.Option(None, min=1, max=65535, help="port (default FLYWHEEL_PORT or 8000)"),
     host: str = typer.Option(None, help="host (default FLYWHEEL_HOST or 127.0.0.1)"),
     workers: int = typer.Option(None, help="gateway processes serving the port (default FLYWHEEL_WORKERS or 1)"),
 ) -> None:
@@ -41,7 +46,6 @@ def serve(
     import os
 
     import uvicorn
-    from pydantic import ValidationError
 
     from flywheel.cpus import pin_this_process
     from flywheel.procs import PortInUseError, ensure_port_free
@@ -50,10 +54,7 @@ def serve(
     from gateway.workers import prepare_supervisor, warn_stranded_spools
 
     overrides = {k: v for k, v in {"port": port, "host": host, "workers": workers}.items() if v is not None}
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    settings = Settings(**overrides)  # a bad value: one line from the CLI's error boundary (flywheel/cli.py)
     if settings.cpu_set:  # first thing: threads (and worker processes) started from here on inherit it
         pin_this_process(settings.cpu_set)
     try:
