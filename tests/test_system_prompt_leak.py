@@ -38,10 +38,11 @@ def test_an_answer_echoing_the_request_instructions_is_blocked(pipeline: Request
     assert not pipeline.check_output("Annual plans can be paid by card or invoice.", prepared).blocked
 
 
-def test_instructions_sent_as_content_parts_are_guarded_too(pipeline: RequestPipeline) -> None:
+@pytest.mark.parametrize("role", ["system", "developer"])
+def test_instructions_sent_as_content_parts_are_guarded_too(pipeline: RequestPipeline, role: str) -> None:
     parts = [{"type": "text", "text": INSTRUCTIONS}]
     prepared = asyncio.run(pipeline.prepare(request(
-        {"role": "system", "content": parts}, {"role": "user", "content": "Hello"})))
+        {"role": role, "content": parts}, {"role": "user", "content": "Hello"})))
     assert pipeline.check_output(ECHO, prepared).blocked
 
 

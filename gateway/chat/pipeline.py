@@ -31,7 +31,7 @@ class Prepared:
     messages: list[dict[str, Any]]
     citations: list[Citation] = field(default_factory=list)
     input_safety: ChainResult | None = None
-    # The request's own instruction text (its system messages, before grounding added sources): output
+    # The request's own instruction text (its system and developer messages, before grounding added sources): output
     # that echoes it is blocked by the output chain's ``system_prompt_leak`` filter.
     system_prompt: str | None = None
 
@@ -95,7 +95,8 @@ class RequestPipeline:
         checked = self.safety.check_input(messages)
         if checked.blocked:
             return Prepared(messages, input_safety=checked)
-        system = "\n".join(message_text(m) for m in messages if m.get("role") == "system").strip() or None
+        instructions = [message_text(m) for m in messages if m.get("role") in ("system", "developer")]
+        system = "\n".join(instructions).strip() or None
         outgoing = checked.messages if checked.messages is not None else messages
         if not ground:
             return Prepared(outgoing, input_safety=checked, system_prompt=system)

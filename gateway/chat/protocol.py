@@ -26,14 +26,6 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
-    def text(self) -> str:
-        """The message's text, whether it came as a string or as content parts."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text or "" for part in self.content if part.type == "text")
-
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
