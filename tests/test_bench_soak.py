@@ -3,6 +3,7 @@ short real run of the whole stack on the fixture seed (vLLM + broker, about two 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from flywheel.bench.soak_analysis import (
     RequestRecord, RssSample, build_windows, growth_pct, summarise, window_count, window_index,
 )  # fmt: skip
+from tests.fixtures.broker import wait_until
 
 MIB = 1024 * 1024
 
@@ -109,6 +111,8 @@ def test_short_real_soak_on_the_fixture_seed(seed_model_dir: Path, tmp_path: Pat
     assert (tmp_path / "var" / "bench" / "soak" / "soak.json").exists()
 
 
+@pytest.mark.vllm
+@pytest.mark.broker
 def test_sigterm_stops_the_benchmark_and_every_server_it_started(seed_model_dir: Path, tmp_path: Path) -> None:
     """The servers run in sessions of their own, so a SIGTERM to the benchmark reaches none of them by
     itself: the benchmark must unwind and stop them (found when a soak was stopped by hand)."""
@@ -120,16 +124,24 @@ def test_sigterm_stops_the_benchmark_and_every_server_it_started(seed_model_dir:
     env = {**os.environ, "FLYWHEEL_VAR_DIR": str(tmp_path / "var"), "FLYWHEEL_VLLM_STARTUP_TIMEOUT_S": "600"}
     argv = [sys.executable, "-m", "flywheel.cli", "bench", "soak", "--minutes", "5", "--rate", "1",
             "--model-dir", str(seed_model_dir), "--no-write"]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_path = tmp_path / "soak.log"  # a file, not a pipe: nothing blocks the benchmark's output while we wait
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def listed() -> list[int]:
+        """The pids in "soak: … processes vllm=123, broker=456, gateway=789, consumer=1011" (complete lines
+        only: the console may wrap it)."""
+        text = log_path.read_text(errors="replace")
+        text = text[: text.rfind("\n") + 1]
+        at = re.search(r"\bprocesses\s", text)
+        return [int(p) for p in re.findall(r"\b(?:vllm|broker|gateway|consumer)=(\d+)", text[at.end():])] if at else []
+
     pids: list[int] = []
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # "soak: … processes vllm=123, broker=456, gateway=789, consumer=1011"
-            if " processes " in line or pids:
-                pids += [int(p) for p in re.findall(r"\b(?:vllm|broker|gateway|consumer)=(\d+)", line)]
-            if len(pids) == 4:
-                break
-        assert len(pids) == 4, f"the benchmark never listed its processes: {pids}"
+        # vLLM may take its whole startup timeout (600 s) on a loaded machine: the deadline is a hang guard
+        wait_until(lambda: len(listed()) >= 4 or proc.poll() is not None, 900, "the benchmark to list its processes")
+        pids = listed()[:4]
+        assert len(pids) == 4, f"the benchmark never listed its processes: {pids}\n{log_path.read_text()[-3000:]}"
         tree = [psutil.Process(pid) for pid in pids]
         tree += [child for parent in list(tree) for child in parent.children(recursive=True)]
         proc.send_signal(signal.SIGTERM)
@@ -138,8 +150,12 @@ def test_sigterm_stops_the_benchmark_and_every_server_it_started(seed_model_dir:
         assert not [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE], "servers left behind"
     finally:
         if proc.poll() is None:
+            started = psutil.Process(proc.pid).children(recursive=True)  # servers it had not listed yet, too
             proc.kill()
             proc.wait()
+            for child in started:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
         for pid in pids:
             try:
                 os.killpg(pid, signal.SIGKILL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -133,11 +134,12 @@ def test_nothing_is_written_to_a_transport_that_closed_underneath() -> None:
 
 # --- over real sockets, through uvicorn and the gateway's protocol ---------------------------------
 
-CHUNK_DELAY_S = 1.0
+RELEASE_FIRST_CHUNK = threading.Event()  # /stream holds its first chunk until the test sets this
+HANG_GUARD_S = 30.0  # /stream sends its chunk anyway after this long, so a failed test leaves nothing waiting
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # noqa: ANN401 - raw ASGI
-    """``/plain`` answers in one body; ``/stream`` sends its head, then a chunk a second later."""
+    """``/plain`` answers in one body; ``/stream`` sends its head, then a chunk once the test releases it."""
     if scope["type"] != "http":
         return
     while (await receive()).get("more_body"):
@@ -148,7 +150,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # noqa: 
         await send({"type": "http.response.body", "body": body})
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-    await asyncio.sleep(CHUNK_DELAY_S)
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not RELEASE_FIRST_CHUNK.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     await send({"type": "http.response.body", "body": b"data: one\n\n", "more_body": True})
     await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
@@ -194,13 +198,23 @@ def test_kept_alive_plain_answers_arrive_whole_and_in_order(port: int) -> None:
 
 
 def test_a_streamed_head_is_not_held_until_the_first_chunk(port: int) -> None:
-    began = time.monotonic()
-    with _request(port, "/stream") as sock:
-        first = sock.recv(65536)
-        head_after = time.monotonic() - began
-        assert first.startswith(b"HTTP/1.1 200 OK") and b"text/event-stream" in first
-        assert head_after < CHUNK_DELAY_S / 2, f"the head waited {head_after:.2f}s for the first chunk"
-        rest = first
-        while not rest.endswith(b"0\r\n\r\n"):
-            rest += sock.recv(65536)
+    """The app sends its first chunk only after the test has received the head: a wrapper that held the
+    head back until the next write would leave the test waiting for it until the socket timeout."""
+    RELEASE_FIRST_CHUNK.clear()
+    try:
+        with _request(port, "/stream") as sock:
+            try:
+                first = sock.recv(65536)  # the socket's 10 s timeout is only a hang guard
+            except TimeoutError:
+                pytest.fail("the head was held back until the first chunk")
+            assert first.startswith(b"HTTP/1.1 200 OK") and b"text/event-stream" in first
+            assert b"data: one" not in first
+            RELEASE_FIRST_CHUNK.set()
+            rest = first
+            while not rest.endswith(b"0\r\n\r\n"):
+                chunk = sock.recv(65536)
+                assert chunk, f"connection closed before the end of the stream: {rest!r}"
+                rest += chunk
+    finally:
+        RELEASE_FIRST_CHUNK.set()  # never leave the app waiting
     assert b"data: one\n\n" in rest and b"data: [DONE]\n\n" in rest

@@ -163,7 +163,7 @@ def test_error_codes(gateway_factory: Callable[..., GatewayHandle], consumer_for
     assert len({r.event_id for r in results}) == 1
 
     wait_until(lambda: _ratings(consumer, "resp-r") and len(_ratings(consumer, "resp-a")) >= 9, 60, "stored")
-    time.sleep(1.0)  # any duplicate still in flight would land now
+    consumer.wait_caught_up()  # every record in the topics applied: a duplicate among them would show now
     keyed_rows = [f for f in _ratings(consumer, "resp-a") if f["idempotency_key"]]
     assert [(f["event_id"], f["comment"]) for f in keyed_rows] == [(first.json()["event_id"], "first")]
     assert len(_ratings(consumer, "resp-r")) == 1
@@ -187,7 +187,7 @@ def test_idempotency_key_across_gateway_processes(
     assert a.json()["event_id"] == b.json()["event_id"]
     assert env["FLYWHEEL_KAFKA_BOOTSTRAP"] == (two.process.env or {})["FLYWHEEL_KAFKA_BOOTSTRAP"]
     wait_until(lambda: bool(_ratings(consumer, "resp-x")), 60, "rating stored")
-    time.sleep(1.5)
+    consumer.wait_caught_up()  # both gateways' records applied
     assert len(_ratings(consumer, "resp-x")) == 1
     assert consumer.store.processed_ids([a.json()["event_id"]]) == {a.json()["event_id"]}
 
@@ -204,6 +204,6 @@ def test_rating_burst_reaches_store_once(
     assert {r.status for r in results} == {202}
     accepted = {r.event_id for r in results}
     wait_until(lambda: len(consumer.feedback_event_ids()) >= 500, 60, "500 ratings stored")
-    time.sleep(1.0)
+    consumer.wait_caught_up()  # a redelivered duplicate among the records would be stored by now
     ids = consumer.feedback_event_ids()
     assert sorted(ids) == sorted(accepted)

@@ -55,7 +55,7 @@ def _metric(gw: GatewayHandle, series: str) -> float:
 
 def _assert_exactly_once(consumer: ConsumerHandle, accepted: set[str], timeout_s: float) -> None:
     wait_until(lambda: len(consumer.feedback_event_ids()) >= len(accepted), timeout_s, f"{len(accepted)} ratings")
-    time.sleep(2.0)  # a redelivered duplicate still in flight would land now
+    consumer.wait_caught_up(timeout_s)  # every record in the topics applied, a redelivered duplicate too
     stored = consumer.feedback_event_ids()
     assert len(stored) == len(set(stored)) == len(accepted)
     assert set(stored) == accepted

@@ -26,7 +26,7 @@ from feedback.topics import ensure_topics, topics_from_settings
 from flywheel.db import create_schema, make_engine
 from flywheel.procs import free_port
 from flywheel.settings import Settings
-from tests.fixtures.broker import feedback_settings_for, running, wait_until
+from tests.fixtures.broker import feedback_settings_for, running, wait_caught_up, wait_until
 
 pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +66,12 @@ def _rating(i: int, comment: str | None = None) -> Feedback:
 def _setup(settings: Settings, engine: Engine) -> FeedbackStore:
     ensure_topics(settings.effective_kafka_bootstrap, topics_from_settings(settings))
     return FeedbackStore(engine)
+
+
+def _wait_caught_up(settings: Settings) -> None:
+    """Until the consumer group has committed every record in its topics (each one applied by then)."""
+    topics = topics_from_settings(settings).inputs
+    wait_caught_up(settings.effective_kafka_bootstrap, settings.consumer_group, topics, 60)
 
 
 def _read_topic(bootstrap: str, topic: str, idle_s: float = 1.5) -> list[tuple[int, bytes, list]]:
@@ -162,9 +168,12 @@ PAUSE_EVENTS = int(os.environ.get("FLYWHEEL_TEST_PAUSE_EVENTS", "150"))
 
 @pytest.mark.parametrize("pause_s", [1.0, 4.5], ids=["short-pause", "past-delivery-timeout"])
 def test_broker_paused_exactly_once(
-    broker: EmbeddedBroker, feedback_settings: Settings, store_engine: Engine, pause_s: float
+    make_broker: Callable[..., EmbeddedBroker], tmp_path: Path, store_engine: Engine, pause_s: float
 ) -> None:
-    """SIGSTOP the broker while logging and durably sending; after SIGCONT every event is stored once."""
+    """SIGSTOP the broker while logging and durably sending; after SIGCONT every event is stored once.
+    The broker is this test's own: freezing the session's would stall every test sharing it."""
+    broker = make_broker()
+    feedback_settings = feedback_settings_for(broker.bootstrap, tmp_path)
     store = _setup(feedback_settings, store_engine)
     producer = EventProducer(feedback_settings)
     assert producer.wait_connected(10)
@@ -185,7 +194,7 @@ def test_broker_paused_exactly_once(
             broker.resume()
         wait_until(lambda: store.counts()["processed_events"] >= 2 * n, 60, "every event after resume")
         assert producer.wait_drained(30)
-        time.sleep(1.0)  # any redelivery still in flight would land now
+        _wait_caught_up(feedback_settings)  # every record applied, a redelivered duplicate too
     assert store.counts() == {"interactions": n, "feedback": n, "processed_events": 2 * n}
     stats = producer.stats()
     assert stats.failed == 0
@@ -241,10 +250,12 @@ def test_consumer_killed_and_restarted(feedback_settings: Settings, tmp_path: Pa
     env["FLYWHEEL_CONSUMER_BATCH_MAX"] = "20"  # small batches so the kill lands mid-stream
     cmd = [sys.executable, "-c", "import typer; from flywheel.commands.consume import consume; typer.run(consume)",
            "--database-url", sqlite_url, "--kafka-bootstrap", feedback_settings.effective_kafka_bootstrap]
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_path = tmp_path / "consume.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: store.counts()["processed_events"] >= 40 or proc.poll() is not None, 60, "first batches")
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -257,7 +268,7 @@ def test_consumer_killed_and_restarted(feedback_settings: Settings, tmp_path: Pa
     assert producer.wait_drained(15)
     with running(FeedbackConsumer(feedback_settings, store)):
         wait_until(lambda: store.counts()["processed_events"] == n + 100, 60, "the rest after restart")
-        time.sleep(1.0)
+        _wait_caught_up(feedback_settings)  # a batch the killed consumer applied but never committed, too
     assert store.counts() == {"interactions": n + 100, "feedback": 0, "processed_events": n + 100}
     with engine.connect() as conn:
         ids = sorted(int(r[0].split("-")[1]) for r in conn.execute(select(models.InteractionRow.response_id)))

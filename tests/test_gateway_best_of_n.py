@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import openai
 import pytest
 from kafka import KafkaConsumer
 
+from tests.fixtures.broker import wait_until
+from tests.fixtures.feedback import private_topics
 from tests.fixtures.gateway import GatewayHandle
 
 pytestmark = pytest.mark.vllm
@@ -84,31 +87,37 @@ def test_best_of_n_misuse_is_a_400(gateway: GatewayHandle, extra: dict, param: s
     assert info.value.body["param"] == param
 
 
-def test_a_version_sets_its_own_best_of_n_default(gateway: GatewayHandle) -> None:
+def test_a_version_sets_its_own_best_of_n_default(gateway_factory: Callable[..., GatewayHandle]) -> None:
     """`POST /admin/policies/{id}/serving`: the stable's default applies to requests that name no
-    best_of_n, but never to ones it cannot serve (n > 1, greedy); an explicit value wins; audited."""
-    client = sdk(gateway)
-    with gateway.admin() as admin:
+    best_of_n, but never to ones it cannot serve (n > 1, greedy); an explicit value wins; audited.
+    On a gateway of its own: the session gateway's stable must not serve best-of-n to other tests."""
+    gw = gateway_factory("best-of-n-default", **private_topics())
+    client = sdk(gw)
+
+    def unnamed() -> dict:
+        """The flywheel object of a request that names no best_of_n."""
+        resp = client.chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=1, temperature=0.9)
+        return resp.model_extra["flywheel"]
+
+    with gw.admin() as admin:
         stable = next(v for v in admin.get("/admin/policies").json()["data"] if v["status"] == "stable")["id"]
         assert admin.post(f"/admin/policies/{stable}/serving", json={"best_of_n": 99}).status_code == 400
         assert admin.post(f"/admin/policies/{stable}/serving", json={"best_of_n": 0}).status_code == 422
         set_ = admin.post(f"/admin/policies/{stable}/serving", json={"best_of_n": 3, "reason": "test"})
         assert set_.status_code == 200 and set_.json()["metrics"]["serving"] == {"best_of_n": 3}
-        try:
-            time.sleep(0.5)  # the registry cache (FLYWHEEL_REGISTRY_CACHE_S=0.2 in tests)
-            plain = client.chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=8, temperature=0.9)
-            assert plain.model_extra["flywheel"]["candidates"] == 3
-            explicit = client.chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=8,
-                                                      temperature=0.9, extra_body={"best_of_n": 2})  # fmt: skip
-            assert explicit.model_extra["flywheel"]["candidates"] == 2
-            two = client.chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=8, temperature=0.9, n=2)
-            greedy = client.chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=8, temperature=0)
-            assert len(two.choices) == 2 and "candidates" not in two.model_extra["flywheel"]
-            assert "candidates" not in greedy.model_extra["flywheel"]
-            entry = admin.get("/admin/audit", params={"version_id": stable}).json()["data"][0]
-            assert entry["action"] == "set_serving" and entry["details"]["serving_to"] == {"best_of_n": 3}
-        finally:
-            assert admin.post(f"/admin/policies/{stable}/serving", json={"best_of_n": None}).status_code == 200
-    time.sleep(0.5)
-    again = client.chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=8, temperature=0.9)
-    assert "candidates" not in again.model_extra["flywheel"]
+        # The registry cache (FLYWHEEL_REGISTRY_CACHE_S=0.2 in tests) swaps in whole tables: once one
+        # request sees the default, every later one does.
+        wait_until(lambda: unnamed().get("candidates") == 3, 30, "the stable's best_of_n default to apply")
+        plain = client.chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=8, temperature=0.9)
+        assert plain.model_extra["flywheel"]["candidates"] == 3
+        explicit = client.chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=8,
+                                                  temperature=0.9, extra_body={"best_of_n": 2})  # fmt: skip
+        assert explicit.model_extra["flywheel"]["candidates"] == 2
+        two = client.chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=8, temperature=0.9, n=2)
+        greedy = client.chat.completions.create(model="flywheel", messages=QUESTION, max_tokens=8, temperature=0)
+        assert len(two.choices) == 2 and "candidates" not in two.model_extra["flywheel"]
+        assert "candidates" not in greedy.model_extra["flywheel"]
+        entry = admin.get("/admin/audit", params={"version_id": stable}).json()["data"][0]
+        assert entry["action"] == "set_serving" and entry["details"]["serving_to"] == {"best_of_n": 3}
+        assert admin.post(f"/admin/policies/{stable}/serving", json={"best_of_n": None}).status_code == 200
+    wait_until(lambda: "candidates" not in unnamed(), 30, "plain generation again once the default is cleared")

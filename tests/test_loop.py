@@ -23,7 +23,7 @@ from flywheel.loop.runner import Loop, RoundRecord
 from flywheel.settings import Settings
 from flywheel.simulate.preferences import load_preference, preset_path
 from flywheel.procs import free_port
-from tests.fixtures.feedback import ConsumerHandle
+from tests.fixtures.feedback import ConsumerHandle, private_topics
 from tests.fixtures.gateway import GatewayHandle
 
 pytestmark = [pytest.mark.vllm, pytest.mark.broker]
@@ -67,8 +67,7 @@ weight = 1.0
 
 def _stack(gateway_factory: Callable[..., GatewayHandle], consumer_for: Callable[..., ConsumerHandle], name: str,
            **env: str) -> GatewayHandle:  # fmt: skip
-    topics = {f"FLYWHEEL_TOPIC_{t}": f"loop-{name}-{t.lower()}" for t in ("INTERACTIONS", "FEEDBACK", "DEADLETTER")}
-    gw = gateway_factory(name, **topics, **env)
+    gw = gateway_factory(name, **private_topics(), **env)  # topics no other test on the session broker uses
     consumer_for(gw)
     return gw
 

@@ -4,12 +4,12 @@ loads it into the real vLLM and routes canary traffic to it (one LoRA load of th
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import openai
 import pytest
 
+from tests.fixtures.broker import wait_until
 from tests.trainer_data import has_property, trainer_settings, write_property_data
 from trainer.artifacts import register_canary
 from trainer.dpo import DPOConfig, train_dpo
@@ -38,9 +38,19 @@ def test_shipped_adapter_serves_through_the_gateway_as_a_canary(gateway_factory,
     assert version["kind"] == "lora" and version["status"] == "canary" and version["weight"] == 0.5
     assert version["parent"] == "seed"
     assert json.loads((run.path / "registration.json").read_text())["version"]["id"] == version["id"]
-    time.sleep(0.6)  # the gateway re-reads the registry every 0.2 s in tests
 
     client = openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0)
+
+    def routed_to(user: str) -> str:
+        resp = client.chat.completions.create(model="flywheel", messages=[{"role": "user", "content": QUESTIONS[0]}],
+                                              max_tokens=1, temperature=0, user=user,
+                                              extra_body={"grounding": False})  # fmt: skip
+        return resp.model_extra["flywheel"]["policy_version"]
+
+    # The gateway re-reads the registry every 0.2 s in tests (at once after its own changes, but
+    # asynchronously): wait until the weight reached its routing, i.e. some of the users below meet the canary.
+    users = [f"user-{i}" for i in range(16)]
+    wait_until(lambda: any(routed_to(u) == version["id"] for u in users), 30, "canary traffic at weight 0.5")
 
     def ask(question: str, model: str = "flywheel", user: str | None = None):  # type: ignore[no-untyped-def]
         # Ungrounded: the adapter was trained on bare questions, and greedy decoding under a "Sources:" system
@@ -55,7 +65,7 @@ def test_shipped_adapter_serves_through_the_gateway_as_a_canary(gateway_factory,
     canary_texts = [r.choices[0].message.content for r in canary]
     stable_texts = [r.choices[0].message.content for r in stable]
     assert canary_texts != stable_texts and any(has_property(t) for t in canary_texts), canary_texts
-    routed = {ask(QUESTIONS[0], user=f"user-{i}").model_extra["flywheel"]["policy_version"] for i in range(16)}
+    routed = {ask(QUESTIONS[0], user=u).model_extra["flywheel"]["policy_version"] for u in users}
     assert routed == {"seed", version["id"]}  # weight 0.5 splits users between stable and canary
     with gw.admin() as admin:
         listed = {v["id"]: v for v in admin.get("/admin/policies").json()["data"]}
