@@ -326,8 +326,14 @@ def test_database_unavailable_for_10s_chat_keeps_serving_and_events_catch_up(
             readyz_during={s: ready_during.count(s) for s in set(ready_during)},
             stored_after=f"{len(response_ids)} interactions + {len(response_ids)} ratings, each once",
             catch_up_s_after_restore=round(catch_up_s, 1),
-            consumer_reconnects=sum(float(l.rsplit(' ', 1)[1]) for l in httpx.get(consumer.metrics_url).text.splitlines()
-                                    if l.startswith("flywheel_consumer_reconnects_total")))  # fmt: skip
+            consumer_reconnects=consumer_counter(consumer, "flywheel_consumer_reconnects_total"),
+            consumer_store_retries=consumer_counter(consumer, "flywheel_consumer_store_retries_total"))
+
+
+def consumer_counter(consumer: ConsumerHandle, name: str) -> float:
+    """One counter of the consumer's own /metrics (0 when it has not been created yet)."""
+    lines = httpx.get(consumer.metrics_url, timeout=10).text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name))
 
 
 # --- slow backend --------------------------------------------------------------------------------
