@@ -13,7 +13,9 @@ request for it, and nothing has to call every pod.
 directory under the version's unique adapter name (atomically: a temporary name, then a rename), with
 ``base_model_name_or_path`` rewritten to the base path vLLM reports in ``/v1/models`` (``root``), and
 then asks for one token as that model, so a broken adapter fails the registration instead of the
-first user; "unload" removes the directory first (no replica loads it again) and then unloads it from
+first user. The copy must still hash to the sha256 prefix the registry put in the adapter's name, so an
+artifact rebuilt after registration is refused instead of served as that version. "unload" removes the
+directory first (no replica loads it again) and then unloads it from
 the replica the call reaches. Replicas that loaded it keep it until they restart; the router sends
 them no traffic for it, and on CPU an unload frees no LoRA slot anyway (policies/vllm_server.py).
 
@@ -32,6 +34,7 @@ import uuid
 from pathlib import Path
 
 from policies.errors import AdapterCapacityError, AdapterNotFound, PolicyHTTPError
+from policies.registry import InvalidArtifact, adapter_sha256_prefix, verify_artifact
 from policies.vllm_client import PolicyClient
 
 __all__ = ["DirectoryAdapterLoader"]
@@ -49,20 +52,30 @@ class DirectoryAdapterLoader:
         self._published: set[str] = set()  # names this loader published since it started
 
     async def load_lora_adapter(self, name: str, path: str) -> None:
-        """Publish ``path`` as ``name`` (idempotent: names are unique per artifact) and load it once."""
+        """Publish ``path`` as ``name`` (idempotent: names are unique per artifact) and load it once.
+
+        When the one-token probe fails, only a directory this very call published is withdrawn: one that
+        was already there (published by an earlier call or another gateway) may be what the stable or a
+        canary is being served from, and a probe can fail for reasons of its own (a replica still
+        starting). A cancelled call withdraws nothing: the adapter was not found broken.
+        """
         source = Path(path)
         if not (source / "adapter_config.json").is_file():
             raise AdapterNotFound(404, {"message": f"no adapter_config.json under {source}"})
         await self._check_budget(name)
         target = self.directory / name
+        had_published = name in self._published
+        created = False
         if not target.exists():
-            self._publish(source, target, await self._base_model_path())
+            created = self._publish(source, target, await self._base_model_path(), adapter_sha256_prefix(name))
         self._published.add(name)
         try:
             await self.client.chat_completions({"model": name, **_PROBE})
-        except BaseException as exc:  # the registration fails: withdraw what no replica may serve
-            shutil.rmtree(target, ignore_errors=True)
-            self._published.discard(name)
+        except Exception as exc:
+            if created:  # the registration fails: withdraw what this call put there, and only that
+                shutil.rmtree(target, ignore_errors=True)
+            if not had_published:
+                self._published.discard(name)
             if isinstance(exc, PolicyHTTPError):
                 message = f"vLLM did not load the published adapter: {exc}"
                 raise PolicyHTTPError(exc.status_code, exc.body, message) from exc
@@ -100,20 +113,31 @@ class DirectoryAdapterLoader:
                 return str(model["root"])
         raise PolicyHTTPError(502, {"message": "vLLM's /v1/models lists no base model with a root path"})
 
-    def _publish(self, source: Path, target: Path, base_model_path: str) -> None:
+    def _publish(self, source: Path, target: Path, base_model_path: str, sha256_prefix: str | None = None) -> bool:
         """Copy under a temporary name, point the config at vLLM's base path, then rename into place: a
-        replica resolving the name meanwhile finds either nothing or the whole adapter."""
+        replica resolving the name meanwhile finds either nothing or the whole adapter. True when this
+        call put ``target`` in place (False: another gateway published the same artifact first).
+
+        ``sha256_prefix`` (carried by the registry's adapter names): the copy must still hash to it, so a
+        version whose artifact was rebuilt after registration is refused, not served under its old name.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         staging = self.directory / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             shutil.copytree(source, staging)
+            if sha256_prefix is not None:  # the copy, not the source: it is what replicas will load
+                verify_artifact(staging, sha256_prefix, f"the adapter of {target.name} (copied from {source})")
             config_path = staging / "adapter_config.json"
             config = json.loads(config_path.read_text())
             config["base_model_name_or_path"] = base_model_path
             config_path.write_text(json.dumps(config, indent=2))
             os.replace(staging, target)
+            return True
+        except InvalidArtifact:  # ArtifactChanged: nothing was published
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if target.exists():  # another gateway published the same artifact first
-                return
+                return False
             raise PolicyHTTPError(500, {"message": f"could not publish the adapter to {self.directory}: {exc}"})

@@ -11,6 +11,7 @@ A partial unique index on ``status = 'stable'`` backs the "exactly one stable" r
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +68,11 @@ class NoStableVersion(RegistryError):
     """The registry is empty: nothing can be routed until the seed is registered."""
 
 
+class ArtifactChanged(InvalidArtifact):
+    """The artifact's bytes no longer hash to the sha256 recorded at registration: whatever is at the
+    path now is not the version that was registered, gated and audited, so it must not be served."""
+
+
 def artifact_sha256(path: Path) -> str:
     """Content hash of a file, or of a directory (sorted relative paths + each file's hash)."""
     if path.is_file():
@@ -77,6 +83,54 @@ def artifact_sha256(path: Path) -> str:
     for rel, digest in tree_checksums(path).items():
         outer.update(f"{rel}\0{digest}\n".encode())
     return outer.hexdigest()
+
+
+def verify_artifact(path: str | Path, expected_sha256: str, what: str = "artifact") -> str:
+    """Recompute the artifact's hash and refuse (``ArtifactChanged``) unless it matches ``expected_sha256``,
+    the full hash or a prefix of at least 12 hex digits (what an adapter name carries). Returns the hash.
+
+    Called before anything loads an artifact the registry recorded (an adapter into vLLM after a restart,
+    a retired version promoted again, the seed at start), since the path may have been rebuilt since.
+    """
+    expected = expected_sha256.lower()
+    if len(expected) < 12:
+        raise ValueError(f"need at least 12 hex digits of the expected sha256, got {expected_sha256!r}")
+    try:
+        actual = artifact_sha256(Path(path))
+    except OSError as exc:
+        raise InvalidArtifact(f"{what} at {path} cannot be read: {exc}") from None
+    if not actual.startswith(expected):
+        raise _changed(what, path, actual, expected)
+    return actual
+
+
+def _changed(what: str, path: str | Path, actual: str, expected: str,
+             fix: str = "restore the original files or register them as a new version") -> ArtifactChanged:
+    return ArtifactChanged(
+        f"{what} at {path} has changed since it was registered (sha256 {actual[:12]}..., registered "
+        f"{expected[:12]}...); refusing to load it: {fix}"
+    )
+
+
+def _check_seed(row: PolicyVersionRow, path: Path, sha: str) -> None:
+    """The registered seed must still be the bytes it was registered with. ``sha`` is the hash of the
+    seed this process was given (``path``); a seed registered from another path is checked where it is,
+    when this machine sees that path (a registry shared by hosts may record a path only one of them has)."""
+    recorded = Path(row.artifact_path)
+    actual = sha if recorded == path else artifact_sha256(recorded) if recorded.exists() else None
+    if actual is not None and actual != row.artifact_sha256:
+        raise _changed("the registered seed model", recorded, actual, row.artifact_sha256,
+                       "every LoRA version was trained on the old one; put the registered seed back "
+                       "(same seed-model config) or start a new registry for the new seed")
+
+
+_ADAPTER_NAME = re.compile(r"flywheel-(?P<id>.+)-(?P<sha>[0-9a-f]{12})")
+
+
+def adapter_sha256_prefix(name: str) -> str | None:
+    """The 12-digit sha256 prefix an ``adapter_name`` carries; None for a name not made by it."""
+    match = _ADAPTER_NAME.fullmatch(name)
+    return match.group("sha") if match else None
 
 
 def _state(row: PolicyVersionRow) -> dict[str, Any]:
@@ -146,7 +200,9 @@ class PolicyRegistry:
         return row
 
     def ensure_seed(self, path: str | Path, served_model_name: str, actor: str = "system") -> Version:
-        """Register the seed model as the first stable if the registry is empty; else return it."""
+        """Register the seed model as the first stable if the registry is empty; else return it, after
+        checking that the registered seed's files still hash to what was recorded (``ArtifactChanged``
+        otherwise: a seed rebuilt in place would silently change the base every adapter was trained on)."""
         path = Path(path).resolve()
         sha = artifact_sha256(path)
         with self._change() as session:
@@ -156,6 +212,8 @@ class PolicyRegistry:
                     select(PolicyVersionRow).where(PolicyVersionRow.status == "stable")
                 ).first()
             if existing is not None:
+                if existing.kind == "base":
+                    _check_seed(existing, path, sha)
                 return self._to_version(session, existing)
             row = PolicyVersionRow(
                 id=SEED_ID, seq=0, parent=None, kind="base", artifact_path=str(path),
@@ -308,6 +366,13 @@ class PolicyRegistry:
             row = self._row(session, version_id)
             row.metrics = {**(row.metrics or {}), **metrics}
             return self._to_version(session, row)
+
+    def check_artifact(self, version_id: str) -> Version:
+        """The version, once its artifact on disk still hashes to the recorded sha256 (``ArtifactChanged``
+        otherwise): for callers about to load it again, e.g. after a vLLM restart or to promote it back."""
+        version = self.get(version_id)
+        verify_artifact(version.artifact_path, version.artifact_sha256, f"the artifact of {version_id}")
+        return version
 
     # --- reads ----------------------------------------------------------------------------------
     def get(self, version_id: str) -> Version:

@@ -132,6 +132,17 @@ def _raise_for(resp: httpx.Response) -> NoReturn:
     raise PolicyHTTPError(resp.status_code, body)
 
 
+def _check_artifact(name: str, path: str) -> None:
+    """A registry-named adapter (``flywheel-<id>-<sha256[:12]>``) must still hash to the prefix in its
+    name before vLLM reads it: after a restart or to promote a retired version again, the path may hold
+    rebuilt files that were never registered or gated (``policies.registry.ArtifactChanged``)."""
+    from policies.registry import adapter_sha256_prefix, verify_artifact
+
+    prefix = adapter_sha256_prefix(name)
+    if prefix is not None:
+        verify_artifact(path, prefix, f"the adapter of {name}")
+
+
 class PolicyClient:
     """Talks to one vLLM server. Build once, share across requests, ``aclose`` at shutdown.
 
@@ -333,6 +344,7 @@ class PolicyClient:
         await self._load(name, path, inplace=True)
 
     async def _load(self, name: str, path: str, *, inplace: bool) -> None:
+        await asyncio.to_thread(_check_artifact, name, path)  # hashing reads the files: off the event loop
         loaded = set(await self.loaded_adapters()) if self.max_adapters is not None else set()
         cost = 0 if name in loaded else 1  # a loaded name keeps its slot (in place) or is refused (400)
         if self.max_adapters is not None and cost:

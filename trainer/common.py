@@ -55,6 +55,68 @@ def save_config(config: Any, path: Path) -> None:
     path.write_text(json.dumps(config_dict(config), indent=2, sort_keys=True))
 
 
+RUN_ONLY = ("run_name", "stop_after", "quiet")  # how a run is driven, not what it trains
+INPUTS = "inputs.json"  # what a run was started with: its knobs and its data hash (resume check)
+_NOT_COMPARED = ("threads",)  # changes float summation order only, not what is trained
+
+
+def naming_knobs(config: Any) -> dict[str, Any]:
+    """The knobs a derived run name hashes. ``merge`` counts only when set: a merged run must not reuse
+    an adapter run's directory, and unmerged runs keep the names they had before merge was counted."""
+    knobs = {k: v for k, v in config_dict(config).items() if k not in RUN_ONLY and k != "merge"}
+    if getattr(config, "merge", False):
+        knobs["merge"] = True
+    return knobs
+
+
+def _compared(knobs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in knobs.items() if k not in RUN_ONLY and k not in _NOT_COMPARED}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_resume(out: Path, config: Any, data_sha256: str, finished_sha256: str | None = None) -> None:
+    """Refuse to resume or reuse ``out`` when it was started with other knobs or other data.
+
+    A run named with ``--run-name`` keeps its name whatever the inputs, so without this a changed
+    ``--data`` or ``--lora-r`` would continue the old checkpoint (or crash loading it) or hand back the
+    old finished version. ``inputs.json`` records both at the start; a directory from before it existed
+    is checked against its ``config.json`` and ``finished_sha256`` (the data hash in its manifest).
+    """
+    inputs = _read_json(out / INPUTS)
+    if isinstance(inputs, dict):
+        saved, saved_sha = inputs.get("config"), inputs.get("data_sha256")
+    else:
+        saved, saved_sha = _read_json(out / "config.json"), finished_sha256
+    if saved_sha is not None and saved_sha != data_sha256:
+        raise ResumeMismatch(f"{out} was started on other data (sha256 {str(saved_sha)[:12]}, now "
+                             f"{data_sha256[:12]}); pass another --run-name, or move that directory away")
+    if not isinstance(saved, dict):
+        return  # nothing was started here yet
+    old, new = _compared(saved), _compared(config_dict(config))
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if changed:
+        shown = ", ".join(f"{k} {json.dumps(old.get(k))[:40]} -> {json.dumps(new.get(k))[:40]}" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ResumeMismatch(f"{out} was started with other settings ({shown}{more}); use the same options to "
+                             "resume it, or pass another --run-name")
+
+
+def record_inputs(out: Path, config: Any, data_sha256: str) -> None:
+    """Write ``inputs.json`` (once, atomically) so a later run under this name can be checked."""
+    if (out / INPUTS).is_file():
+        return
+    tmp = out / (INPUTS + ".tmp")
+    tmp.write_text(json.dumps({"config": _compared(config_dict(config)), "data_sha256": data_sha256},
+                              indent=2, sort_keys=True))
+    tmp.replace(out / INPUTS)
+
+
 def seed_everything(seed: int, threads: int) -> None:
     """Fix every RNG the trainers touch and the torch thread count."""
     random.seed(seed)

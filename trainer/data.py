@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -64,19 +65,43 @@ def _answer(value: Any, where: str) -> str:
     raise DataError(f"{where}: chosen/rejected must be a string or a list of messages")
 
 
-def _pair(row: dict[str, Any], where: str) -> Pair:
+def chat_messages(prompt: Any, where: str) -> list[Message]:
+    """A prompt as chat messages: a string is one user turn; a list must hold message objects.
+
+    Checked here so a malformed row is reported with its file and line instead of failing deep in
+    the tokenizer (or as an AttributeError) after minutes of loading.
+    """
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not prompt:
+        raise DataError(f"{where}: 'prompt' must be a string or a non-empty list of chat messages")
+    for i, message in enumerate(prompt):
+        if not isinstance(message, dict):
+            raise DataError(f"{where}: prompt message {i} must be an object with 'role' and 'content', "
+                            f"not {type(message).__name__} {json.dumps(message)[:60]}")
+    return [{"role": str(m.get("role") or "user"), "content": str(m.get("content") or "")} for m in prompt]
+
+
+def _weight(value: Any, where: str) -> float:
+    """A finite number (``null`` = 0): anything else would crash or poison the resampling later."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{where}: 'weight' must be a finite number, not {json.dumps(value)[:40]}")
+    return float(value)
+
+
+def _pair(row: Any, where: str) -> Pair:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object with 'prompt', 'chosen' and 'rejected', "
+                        f"not {type(row).__name__}")
     if "chosen" not in row or "rejected" not in row:
         raise DataError(f"{where}: one-sided row (needs both 'chosen' and 'rejected')")
     prompt = row.get("prompt")
     if prompt is None and isinstance(row["chosen"], list) and len(row["chosen"]) > 1:
         prompt = row["chosen"][:-1]  # implicit-prompt ("reward") format
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, list) or not prompt:
-        raise DataError(f"{where}: 'prompt' must be a non-empty list of chat messages")
-    messages = [{"role": str(m.get("role", "user")), "content": str(m.get("content") or "")} for m in prompt]
-    return Pair(messages, _answer(row["chosen"], where), _answer(row["rejected"], where),
-                label_source(row.get("source")), float(row.get("weight", 1.0) or 0.0))
+    return Pair(chat_messages(prompt, where), _answer(row["chosen"], where), _answer(row["rejected"], where),
+                label_source(row.get("source")), _weight(row.get("weight", 1.0), where))
 
 
 def read_pairs(path: Path) -> list[Pair]:
@@ -128,7 +153,12 @@ def load_split(path: Path, heldout: Path | None = None, heldout_fraction: float 
             held, usable = everything[:n_held], everything[n_held:]
     if not usable:
         raise DataError(f"{path}: nothing left to train on after holding out {len(held)} pairs")
-    return PairSplit(usable, [p for p in held if p.chosen != p.rejected], digest.hexdigest(), dropped)
+    held = [p for p in held if p.chosen != p.rejected]
+    if not held:  # refused now: the gates and metrics need held-out pairs, and training first wastes the run
+        source = f"{held_path}: " if held_path else f"{path}: "
+        raise DataError(f"{source}no usable held-out pairs (empty, or every pair has chosen == rejected); "
+                        "pass a --heldout file with pairs, or leave it out to hold out a slice of --data")
+    return PairSplit(usable, held, digest.hexdigest(), dropped)
 
 
 def label_source(source: Any) -> str:

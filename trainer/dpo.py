@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.artifacts import read_manifest, run_name
-from trainer.common import RichProgressCallback, StopAfterSteps, config_dict, console, knob, last_checkpoint, save_config, seed_everything
+from trainer.common import (RichProgressCallback, StopAfterSteps, check_resume, console, knob, last_checkpoint,
+                            naming_knobs, record_inputs, save_config, seed_everything)
 from trainer.data import check_lengths, load_split, resample
 from trainer.finish import PolicyRun, check_lora, finish_run, heldout_prompts, resolve_scorer
 from trainer.gates import GateConfig, preference_metrics
@@ -75,15 +76,18 @@ def train_dpo(config: DPOConfig, settings: Settings, gates: GateConfig | None = 
     policy_dir = config.policy or settings.seed_model_dir
     check_lora(config.lora_r, config.target_modules, settings, None if config.merge else policy_dir)
     split = load_split(config.data, config.heldout, config.heldout_fraction, config.seed)
-    model, tokenizer = load_policy(policy_dir)
-    check_lengths(split.train + split.heldout, tokenizer, min(config.max_length, context_length(policy_dir)), "preference data")
-    knobs = {k: v for k, v in config_dict(config).items() if k not in ("run_name", "stop_after", "quiet", "merge")}
-    out = settings.versions_dir / (config.run_name or run_name("dpo", split.sha256, knobs))
-    if read_manifest(out) is not None:
+    out = settings.versions_dir / (config.run_name or run_name("dpo", split.sha256, naming_knobs(config)))
+    finished = read_manifest(out)
+    check_resume(out, config, split.sha256, (finished or {}).get("data", {}).get("sha256"))  # before any reuse
+    if finished is not None:
         console.print(f"{out.name} is already finished; reusing it (pass --run-name to train another)")
-        return PolicyRun(out, True, read_manifest(out) or {})
+        return PolicyRun(out, True, finished)
+    model, tokenizer = load_policy(policy_dir)
+    check_lengths(split.train + split.heldout, tokenizer, min(config.max_length, context_length(policy_dir)),
+                  "preference data")
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.json")
+    record_inputs(out, config, split.sha256)
     train = resample(split.train, config.source_weights, config.seed)
     args = TRLDPOConfig(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,

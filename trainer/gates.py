@@ -16,7 +16,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trainer.common import knob
+from trainer.common import DataError, knob
 from trainer.data import Message, Pair
 from trainer.policy_ops import Samples, answer_ids, parent_of, prompt_ids, sample, sequence_kl, token_logprobs
 
@@ -163,6 +163,9 @@ def evaluate_gates(model, tokenizer, prompts: list[list[Message]], scorer: Rewar
     """Run every gate on ``prompts`` (held-out) and the held-out pairs; see the module docstring."""
     report = GateReport()
     prompts = prompts[: config.n_prompts]
+    if not prompts or config.samples_per_prompt < 1:  # every rate below divides by the number of samples
+        raise DataError("no held-out prompts to run the gates on (or samples_per_prompt < 1); "
+                        "a version cannot be judged without them")
     new, old = sample_both(model, tokenizer, prompts, config)
     k = config.samples_per_prompt
     if scorer is None:

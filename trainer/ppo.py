@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from trainer.artifacts import read_manifest, run_name
-from trainer.common import DataError, config_dict, console, knob, progress, save_config, seed_everything
-from trainer.data import Message
+from trainer.common import (DataError, ResumeMismatch, check_resume, console, knob, naming_knobs, progress,
+                            record_inputs, save_config, seed_everything)
+from trainer.data import Message, chat_messages
 from trainer.finish import PolicyRun, check_lora, finish_run, resolve_scorer
 from trainer.gates import GateConfig
 from trainer.policy_ops import LORA_TARGETS, context_length, load_policy, parent_of, prompt_ids, sample
@@ -85,11 +86,14 @@ def read_prompts(path: Path) -> list[list[Message]]:
             row = json.loads(line)
         except ValueError as exc:
             raise DataError(f"{path}:{n}: not JSON ({exc})") from exc
-        prompt = row if isinstance(row, (str, list)) else row.get("prompt", row.get("messages"))
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or not prompt:
-            raise DataError(f"{path}:{n}: needs a 'prompt' (list of chat messages or a string)")
+        if isinstance(row, (str, list)):
+            prompt = row
+        elif isinstance(row, dict):
+            prompt = row.get("prompt", row.get("messages"))
+        else:
+            raise DataError(f"{path}:{n}: a row must be an object with a 'prompt', a string or a list of "
+                            f"chat messages, not {type(row).__name__}")
+        prompt = chat_messages(prompt, f"{path}:{n}")
         seen.setdefault(json.dumps(prompt, sort_keys=True), prompt)
     if len(seen) < 2:
         raise DataError(f"{path}: {len(seen)} distinct prompts; PPO needs at least 2 (some are held out)")
@@ -117,20 +121,22 @@ def train_ppo(config: PPOConfig, settings: Settings, gates: GateConfig | None = 
     policy_dir = config.policy or settings.seed_model_dir
     check_lora(config.lora_r, config.target_modules, settings, None if config.merge else policy_dir)
     prompts = read_prompts(config.prompts)
+    data_sha = hashlib.sha256(Path(config.prompts).read_bytes()).hexdigest()
+    out = settings.versions_dir / (config.run_name or run_name("ppo", data_sha, naming_knobs(config)))
+    finished = read_manifest(out)
+    check_resume(out, config, data_sha, (finished or {}).get("data", {}).get("sha256"))  # before any reuse
+    if finished is not None:
+        console.print(f"{out.name} is already finished; reusing it (pass --run-name to train another)")
+        return PolicyRun(out, True, finished)
     base, tokenizer = load_policy(policy_dir)
     longest = max(len(prompt_ids(tokenizer, p)) for p in prompts)
     if longest + config.max_new_tokens > context_length(policy_dir):
         raise DataError(f"a prompt of {longest} tokens + {config.max_new_tokens} new ones exceeds the context "
                         f"({context_length(policy_dir)})")
     train_prompts, held_prompts = _split(prompts, config.heldout_fraction)
-    data_sha = hashlib.sha256(Path(config.prompts).read_bytes()).hexdigest()
-    knobs = {k: v for k, v in config_dict(config).items() if k not in ("run_name", "stop_after", "quiet", "merge")}
-    out = settings.versions_dir / (config.run_name or run_name("ppo", data_sha, knobs))
-    if read_manifest(out) is not None:
-        console.print(f"{out.name} is already finished; reusing it (pass --run-name to train another)")
-        return PolicyRun(out, True, read_manifest(out) or {})
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.json")
+    record_inputs(out, config, data_sha)
     scorer = resolve_scorer(settings, scorer, config.reward_model)
     model = get_peft_model(base, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                                             target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
@@ -232,9 +238,13 @@ def _load_checkpoint(path: Path, model, vhead: ValueHead, opt: torch.optim.Optim
 
     if not path.is_file():
         return 0
-    state = torch.load(path, weights_only=True)
-    set_peft_model_state_dict(model, state["adapter"])
-    vhead.load_state_dict(state["value_head"])
-    opt.load_state_dict(state["optimizer"])
-    kl.coef = float(state["kl_coef"])
-    return int(state["iteration"])
+    try:
+        state = torch.load(path, weights_only=True)
+        set_peft_model_state_dict(model, state["adapter"])
+        vhead.load_state_dict(state["value_head"])
+        opt.load_state_dict(state["optimizer"])
+        kl.coef = float(state["kl_coef"])
+        return int(state["iteration"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # a checkpoint of another shape, or damaged
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ResumeMismatch(f"{path} does not fit this run ({first}); pass another --run-name") from exc

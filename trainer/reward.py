@@ -20,7 +20,8 @@ import torch
 from policies.reward import activate as activate_version
 from policies.reward import load_scorer, read_manifest, write_manifest
 from trainer.artifacts import run_name
-from trainer.common import DataError, RichProgressCallback, config_dict, console, knob, last_checkpoint, progress, save_config, seed_everything
+from trainer.common import (DataError, RichProgressCallback, check_resume, config_dict, console, knob, last_checkpoint,
+                            naming_knobs, progress, record_inputs, save_config, seed_everything)
 from trainer.data import Pair, PairSplit, check_lengths, check_tokenizer, load_split, resample
 
 if TYPE_CHECKING:
@@ -70,24 +71,26 @@ def train_reward(config: RewardConfig, settings: Settings, activate: bool = Fals
     config = dataclasses.replace(config, threads=config.threads or settings.trainer_threads)  # recorded in the manifest
     seed_everything(config.seed, config.threads)
     split = load_split(config.data, config.heldout, config.heldout_fraction, config.seed)
-    knobs = {k: v for k, v in config_dict(config).items() if k not in ("run_name", "stop_after", "quiet")}
-    version = config.run_name or run_name(f"reward-{config.kind}", split.sha256, knobs)
+    version = config.run_name or run_name(f"reward-{config.kind}", split.sha256, naming_knobs(config))
     out = settings.reward_dir / version
-    if read_manifest(out) is not None:
+    finished = read_manifest(out)
+    check_resume(out, config, split.sha256, (finished or {}).get("data_sha256"))  # before any reuse
+    if finished is not None:
         console.print(f"reward model {version} already trained at {out}; reusing it")
     else:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.json")
+        record_inputs(out, config, split.sha256)
         train = resample(split.train, config.source_weights, config.seed)
         trainer = _train_encoder if config.kind == "encoder" else _train_hf
         metrics = trainer(config, settings, split, train, out, encoder)
         if metrics is None:
             return RewardRun(version, out, {}, False, finished=False)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: the resume point is no longer needed
         metrics.update(train_pairs=len(split.train), resampled_pairs=len(train), heldout_pairs=len(split.heldout),
                        sources=split.sources(), dropped=split.dropped)
         write_manifest(out, kind=config.kind, data_sha256=split.sha256, data=str(config.data), config=config_dict(config),
                        metrics=metrics, max_length=config.max_length)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # after the manifest: until then it is the resume point
     manifest = read_manifest(out) or {}
     if activate:
         activate_version(settings, version)
@@ -157,8 +160,7 @@ def _train_hf(config: RewardConfig, settings: Settings, split: PairSplit, train:
     if config.stop_after is not None and trainer.state.global_step < trainer.state.max_steps:
         return None
     trainer.model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    tokenizer.save_pretrained(out / "model")  # checkpoints stay until train_reward has written the manifest
     scorer = load_scorer(out / "model")
     return {"heldout_accuracy": scorer_accuracy(scorer, split.heldout), "steps": trainer.state.global_step,
             "train_loss": trainer.state.log_history[-1].get("train_loss") if trainer.state.log_history else None}

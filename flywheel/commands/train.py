@@ -99,6 +99,10 @@ def _ship(run: Any, settings: Any, register: bool, weight: float, url: str | Non
     if not key:
         _fail("no operator key: pass --key, or set FLYWHEEL_ADMIN_KEY or FLYWHEEL_ADMIN_KEYS")
     version = _run(register_canary, run.path, weight, url, key, endpoint)
+    if version.get("reused"):  # a rerun: this artifact is already an active version, nothing new registered
+        out.print(f"already registered as {version['id']} ({version['status']}, "
+                  f"{version['weight'] * 100:.1f}% of traffic, served as {version.get('served_model_name')})")
+        return
     out.print(f"registered {version['id']} as a canary at {version['weight'] * 100:.1f}% of traffic "
               f"(served as {version.get('served_model_name')})")
 

@@ -10,10 +10,15 @@ unfinished run and is never loaded. ``ACTIVE`` holds one version id; the gateway
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,14 +32,16 @@ if TYPE_CHECKING:
 FORMAT = "flywheel-reward/1"
 MANIFEST = "manifest.json"
 ACTIVE = "ACTIVE"
+LOCK = ".lock"
 INITIAL_ID = "initial"
 KINDS = ("encoder", "hf")
 logger = logging.getLogger("flywheel.reward")
 
 
 def checksums(directory: Path) -> dict[str, str]:
-    """sha256 of every file under ``directory`` except the manifest (and resume checkpoints)."""
-    return tree_checksums(directory, lambda rel: rel.name != MANIFEST and rel.parts[0] != "checkpoints")
+    """sha256 of every file under ``directory`` except the manifest, its temporary files and resume checkpoints."""
+    return tree_checksums(directory, lambda rel: rel.name != MANIFEST and not rel.name.startswith(f".{MANIFEST}.")
+                          and rel.parts[0] != "checkpoints")
 
 
 def next_version_id(root: Path) -> str:
@@ -43,15 +50,40 @@ def next_version_id(root: Path) -> str:
     return f"r{max(seqs, default=0) + 1}"
 
 
+@contextmanager
+def _locked(reward_dir: Path) -> Iterator[None]:
+    """Hold ``var/reward/.lock`` (an exclusive flock): ``serve --workers N`` starts N processes that may
+    all find no scorer and build or activate one at the same moment; they take turns instead."""
+    reward_dir.mkdir(parents=True, exist_ok=True)
+    with open(reward_dir / LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` atomically through a temporary file of its own (unique name, same directory), so
+    two writers never share one temporary file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; other processes (and users) read these files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_manifest(directory: Path, **fields: Any) -> dict[str, Any]:
     """Finish a version: checksum its files and write the manifest (last, atomically)."""
     manifest = {"format": FORMAT, "id": directory.name, "created_at": dt.datetime.now(dt.UTC).isoformat(),
                 **fields, "files": checksums(directory)}
     if manifest.get("kind") not in KINDS:
         raise InvalidRewardModel(f"reward kind must be one of {KINDS}, not {manifest.get('kind')!r}")
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    tmp.replace(directory / MANIFEST)
+    _replace_text(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
     return manifest
 
 
@@ -128,26 +160,50 @@ def activate(settings: Settings, version_id: str) -> Path:
     """Point ``ACTIVE`` at a finished version (checked first); gateways pick it up at their next start."""
     directory = settings.reward_dir / version_id
     verify_version(directory)
-    tmp = settings.reward_dir / (ACTIVE + ".tmp")
-    tmp.write_text(version_id + "\n")
-    tmp.replace(settings.reward_dir / ACTIVE)
+    with _locked(settings.reward_dir):
+        _replace_text(settings.reward_dir / ACTIVE, version_id + "\n")
     return directory
 
 
 def ensure_initial_scorer(settings: Settings, encoder: TextEncoder | None = None) -> RewardScorer:
-    """The head trained from the shipped examples, built under ``var/reward/initial`` on first use."""
-    from policies.reward.encoder_head import EncoderHeadScorer, pair_features
-    from policies.reward.fit import HeadFitConfig, fit_head
-    from policies.reward.shipped import shipped_paths, shipped_rows
+    """The head trained from the shipped examples, built under ``var/reward/initial`` on first use.
 
+    Built under the reward directory's lock: the first process builds it, the others wait and then
+    load that build instead of writing the same files at the same time.
+    """
     directory = settings.reward_dir / INITIAL_ID
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in shipped_paths())).hexdigest()
     encoder = encoder or _load_encoder(settings)
+    scorer = _current_initial(directory, encoder)
+    if scorer is not None:
+        return scorer
+    with _locked(settings.reward_dir):
+        return _current_initial(directory, encoder) or _build_initial(directory, encoder)
+
+
+def _shipped_digest() -> str:
+    from policies.reward.shipped import shipped_paths
+
+    return hashlib.sha256(b"".join(p.read_bytes() for p in shipped_paths())).hexdigest()
+
+
+def _current_initial(directory: Path, encoder: TextEncoder) -> RewardScorer | None:
+    """The initial head when its manifest says it was built from the shipped examples as they are now."""
     manifest = read_manifest(directory)
-    if manifest and manifest.get("data_sha256") == digest:
+    if manifest and manifest.get("data_sha256") == _shipped_digest():
         return load_scorer(directory, encoder)
+    return None
+
+
+def _build_initial(directory: Path, encoder: TextEncoder) -> RewardScorer:
+    """Train the initial head from the shipped examples (caller holds the lock)."""
     import torch
 
+    from policies.reward.encoder_head import EncoderHeadScorer, pair_features
+    from policies.reward.fit import HeadFitConfig, fit_head
+    from policies.reward.shipped import shipped_rows
+
+    digest = _shipped_digest()
+    (directory / MANIFEST).unlink(missing_ok=True)  # rebuilding: unfinished until the new manifest is written
     rows = shipped_rows()
     xc, xr = pair_features(encoder, [r["prompt"] for r in rows], [r["chosen"][-1]["content"] for r in rows],
                            [r["rejected"][-1]["content"] for r in rows])
@@ -166,12 +222,10 @@ def load_active_scorer(settings: Settings, encoder: TextEncoder | None = None) -
     activated, so every gateway of the deployment agrees). Pass the process's shared encoder."""
     version = active_id(settings)
     if version is None:
-        settings.reward_dir.mkdir(parents=True, exist_ok=True)
         scorer = ensure_initial_scorer(settings, encoder)
-        if active_id(settings) is None:
-            tmp = settings.reward_dir / (ACTIVE + ".tmp")
-            tmp.write_text(INITIAL_ID + "\n")
-            tmp.replace(settings.reward_dir / ACTIVE)
+        with _locked(settings.reward_dir):
+            if active_id(settings) is None:  # re-checked under the lock: an activate() may have come first
+                _replace_text(settings.reward_dir / ACTIVE, INITIAL_ID + "\n")
         return scorer
     path = Path(version) if Path(version).is_absolute() else settings.reward_dir / version
     if version != INITIAL_ID or read_manifest(path) is not None:

@@ -62,11 +62,21 @@ def is_valid_seed_model(out_dir: Path, config: SeedConfig, sheet: FactSheet | No
 
 
 def _replaceable(out_dir: Path) -> bool:
-    """Only an empty directory or an earlier seed build may be deleted and rebuilt."""
+    """Only an empty directory or an earlier seed build may be deleted and rebuilt.
+
+    An earlier build is recognised by what only this builder writes: a ``seed_manifest.json`` of our
+    format, or (its manifest damaged) the ``seed_config.json`` written beside it. A ``config.json``
+    alone proves nothing: every Hugging Face checkpoint has one, and ``--force`` must not delete those.
+    """
     if not out_dir.exists():
         return True
-    return out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MANIFEST).exists()
-                                 or (out_dir / "config.json").exists())
+    if not out_dir.is_dir():
+        return False
+    if not any(out_dir.iterdir()):
+        return True
+    manifest = read_manifest(out_dir)
+    ours = isinstance(manifest, dict) and manifest.get("format") == FORMAT
+    return ours or (out_dir / "seed_config.json").is_file()
 
 
 def _write_json(path: Path, data: Any) -> None:
