@@ -270,3 +270,18 @@ def test_reward_checkpoints_are_removed_only_after_the_manifest(
     assert (out / "checkpoints" / "head.pt").is_file()
     run = reward.train_reward(config, settings)
     assert run.finished and read_manifest(out) is not None and not (out / "checkpoints").exists()
+
+
+def test_a_merged_version_resolves_to_its_checkpoint(tmp_path: Path) -> None:
+    """A merged version directory holds the run's own config.json beside model/: the policy is model/."""
+    from trainer.policy_ops import policy_dir
+
+    version = tmp_path / "v3"
+    (version / "model").mkdir(parents=True)
+    (version / "config.json").write_text(json.dumps({"beta": 0.1, "merge": True}))
+    (version / "model" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert policy_dir(version) == version / "model"
+    plain = tmp_path / "checkpoint"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert policy_dir(plain) == plain

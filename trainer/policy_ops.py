@@ -73,7 +73,8 @@ def policy_dir(path: Path) -> Path:
     adapter = lora_adapter(path)
     if adapter is not None:
         return adapter_base(adapter)
-    return path / "model" if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file() else path
+    # A merged version keeps its checkpoint in model/; its own config.json is the run's, not a model's.
+    return path / "model" if (path / "model" / "config.json").is_file() else path
 
 
 def context_length(path: Path) -> int:
