@@ -185,7 +185,7 @@ def _feedback_point(concurrency: int, rps: float, lag_p99_ms: float, failed: int
 def test_feedback_section_judges_the_targets_on_the_best_clean_point() -> None:
     met = feedback_markdown([_feedback_point(64, 2100, 80), _feedback_point(128, 3400, 200)], 10, "hdr", "where")
     assert "per gateway process: met (best 3400/s at 128 connections)" in met
-    assert "lag p99 ≤ 1 s: met (worst p99 200.0 ms)" in met
+    assert "lag p99 ≤ 1 s: met (worst p99 200.0 ms over the stored ratings)" in met
     assert "10 s per point after a warm-up; where." in met
     failing = feedback_markdown([_feedback_point(128, 3400, 1200, failed=3), _feedback_point(64, 2100, 80)], 10, "", "")
     assert "**not met** (best 2100/s at 64 connections)" in failing  # a point with failures never counts
@@ -326,3 +326,168 @@ def test_bench_gateway_command_measures_the_paced_backend_end_to_end(tmp_path: P
     points = [row for row in measured if len(row) == 10]  # the "every point" table
     assert sorted(row[1] for row in points) == ["bare", "direct", "flywheel"]
     assert all(row[2] == "2" and row[-1].rstrip(" |") == "0" for row in points)  # c=2, nothing failed
+
+
+# --- reviewer fixes: failures never meet a target, missing ratings fail the lag, fair best-of-n order ---------
+
+
+def _failing(backend: str, path: str, c: int, rps: float, p50: float, p99: float, **errors: int) -> Point:
+    return Point(backend, path, c, WrkResult(requests=1000, duration_s=1, rps=rps, p50_ms=p50, p99_ms=p99,
+                                             errors=errors))  # fmt: skip
+
+
+def test_a_gateway_target_read_from_a_point_with_failed_requests_is_not_met() -> None:
+    """Fast non-2xx answers would pass for throughput and low latency: the figures that would meet every
+    target fail the ones that read a failing point, and the count is reported."""
+    points = [
+        _pt("stub", "direct", 1, 20000, 0.05, 0.2), _failing("stub", "flywheel", 1, 9000, 0.1, 0.3, status=40),
+        _pt("stub", "litellm", 1, 150, 5.0, 9.0), _pt("stub", "direct", 32, 70000, 0.4, 2.0),
+        _pt("stub", "flywheel", 32, 2500, 12.0, 11.0), _pt("stub", "litellm", 32, 200, 150.0, 300.0),
+        _pt("vllm", "direct", 32, 100, 300.0, 400.0),
+        _failing("vllm", "flywheel", 32, 99, 310.0, 420.0, timeout=2, read=1),  # socket errors count as well
+    ]  # fmt: skip
+    checks = target_checks(points)
+    assert [c.ok for c in checks] == [False, True, False, False, False]
+    assert [c.failed for c in checks] == [40, 0, 40, 40, 3]
+    section = markdown_section(points, "- date: now", duration_s=5, rounds=1, max_tokens=16, workers={"stub": 1})
+    assert "| stub: Flywheel added p50 at c=1 (ms) | 0.05 | ≤ 1 | **no** (40 failed requests) |" in section
+    assert "| stub: Flywheel added p99 at c=32 (ms) | 9.00 | ≤ 10 | yes |" in section
+    assert "| stub | flywheel | 9,000 | 12.9% | 45.0× | 40 |" in section  # max throughput names its failures
+
+
+def test_feedback_ratings_missing_from_the_store_fail_the_lag_target() -> None:
+    """Lags are measured over stored ratings only; one that never arrived must not drop out of the judgement."""
+    complete = _feedback_point(128, 3400, 200)
+    missing = FeedbackPoint(128, complete.wrk, accepted=34000, stored=33990, lag_p50_ms=40.0, lag_p99_ms=200.0,
+                            cpu_ms_per_rating=0.25)  # fmt: skip
+    assert complete.missing == 0 and missing.missing == 10
+    text = feedback_markdown([missing], 10, "", "")
+    assert "lag p99 ≤ 1 s: **not met** (worst p99 200.0 ms over the stored ratings; 10 accepted rating(s)" in text
+    assert "lag p99 ≤ 1 s: met" in feedback_markdown([complete], 10, "", "")
+
+
+def test_feedback_measure_counts_the_ratings_the_store_never_got(monkeypatch: pytest.MonkeyPatch) -> None:
+    """measure() itself: the wait's deadline passes with 3 of 5 accepted ratings stored; the point says 2 are
+    missing. A straggler of an earlier point, stored during this one, is not counted as this point's."""
+    import flywheel.bench.feedback as fb
+    from rich.console import Console
+
+    class Store:
+        def __init__(self) -> None:
+            self.taken: list[object] = []
+
+        def take_lags(self, since: object = None) -> list[float]:
+            self.taken.append(since)
+            return [0.01, 0.02, 0.03] if since is not None else [5.0]  # the unfiltered call drops leftovers
+
+        def seen(self, since: object = None) -> int:
+            assert since is not None  # only this point's ratings count towards the wait
+            return 3
+
+    wrk = WrkResult(requests=5, duration_s=1, rps=5, p50_ms=1.0, p99_ms=2.0)
+    monkeypatch.setattr(fb, "run_wrk_pool", lambda *a, **k: wrk)
+    monkeypatch.setattr(fb, "_accepted", lambda url: 100)
+    monkeypatch.setattr(fb, "_settled_accepted", lambda url: 105)
+    monkeypatch.setattr(fb, "_cpu_s", lambda pid: 1.0)
+    store = Store()
+    point = fb.measure("http://x", 1, Path("s.lua"), store, 4, 1.0, Console(quiet=True),  # type: ignore[arg-type]
+                       store_wait_s=0.2)  # fmt: skip
+    assert (point.accepted, point.stored, point.missing) == (5, 3, 2)
+    assert point.lag_p99_ms == pytest.approx(30.0)
+    assert store.taken[0] is None and store.taken[1] is not None
+
+
+def test_the_lag_store_keeps_stragglers_of_an_earlier_point_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import create_engine
+
+    from feedback.events import Feedback
+    from feedback.store import FeedbackStore
+    from flywheel.bench.feedback_load import LagRecordingStore
+
+    monkeypatch.setattr(FeedbackStore, "apply_batch", lambda self, events: len(events))
+    store = LagRecordingStore(create_engine("sqlite://"))
+    start = dt.datetime.now(dt.UTC)
+    old = Feedback(response_id="r0", rating=1.0, rating_raw="up", time=start - dt.timedelta(seconds=30))
+    new = [Feedback(response_id=f"r{i}", rating=1.0, rating_raw="up") for i in (1, 2)]
+    store.apply_batch([old, *new])
+    assert store.seen() == 3 and store.seen(start) == 2
+    lags = store.take_lags(start)
+    assert len(lags) == 2 and all(0 <= lag < 5 for lag in lags)
+    assert store.seen() == 0  # taken: forgotten, the straggler too
+
+
+def test_best_of_n_order_rotates_so_no_k_is_always_first() -> None:
+    from flywheel.bench.pipeline import order_text, request_order
+
+    orders = [request_order([1, 2, 4, 8], i) for i in range(8)]
+    assert [o[0] for o in orders] == [1, 2, 4, 8, 1, 2, 4, 8]
+    assert all(sorted(o) == [1, 2, 4, 8] for o in orders)
+    assert "(1, 2, 4, 8, then 2, 4, 8, 1, …)" in order_text([1, 2, 4, 8])
+    assert "at n=8, unmeasured" in order_text([1, 2, 4, 8])
+
+
+def test_best_of_n_timing_leaves_each_questions_cold_cost_to_an_unmeasured_request() -> None:
+    """A fake gateway whose first request for a question costs 100 ms more (cold caches) and each
+    candidate 10 ms: every timed sample is exactly 10·k ms, whichever k comes first."""
+    from flywheel.bench.pipeline import timed_best_of_n
+
+    now = [0.0]
+    seen: set[str] = set()
+    calls: list[tuple[str, int]] = []
+
+    def ask(question: str, k: int) -> None:
+        calls.append((question, k))
+        now[0] += 0.010 * k + (0.100 if question not in seen else 0.0)
+        seen.add(question)
+
+    samples = timed_best_of_n(ask, ["q0", "q1", "q2"], [1, 2, 4, 8], requests=6, clock=lambda: now[0])
+    assert {k: {round(v, 6) for v in vs} for k, vs in samples.items()} == {1: {10}, 2: {20}, 4: {40}, 8: {80}}
+    assert all(len(v) == 6 for v in samples.values())
+    assert calls[0] == ("q0", 8) and calls[5] == ("q1", 8)  # each question's warm-up, before its timed requests
+    assert [calls[i * 5 + 1][1] for i in range(6)] == [1, 2, 4, 8, 1, 2]  # the first timed k rotates
+
+
+def test_the_litellm_proxy_is_stopped_when_interrupted_while_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM, which the bench turns into one) during the readiness wait: the proxy, in a
+    session of its own, is on the caller's ExitStack already and is stopped on the way out."""
+    import contextlib
+
+    import flywheel.bench.litellm_proxy as lp
+    from flywheel.procs import ManagedProcess
+
+    fake = tmp_path / "litellm"
+    fake.write_text("#!/bin/sh\nexec sleep 300\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(lp, "ensure_litellm_venv", lambda venv, log: fake)
+    started: list[ManagedProcess] = []
+
+    def interrupted(self: ManagedProcess, *args: object, **kwargs: object) -> None:
+        started.append(self)
+        assert self.alive()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ManagedProcess, "wait_ready", interrupted)
+    with pytest.raises(KeyboardInterrupt), contextlib.ExitStack() as stack:
+        lp.start_litellm_proxy(stack, tmp_path / "venv", tmp_path / "work", "m", "http://127.0.0.1:1")
+    (proc,) = started
+    assert proc.pid is not None and not _alive(proc.pid)
+
+
+def test_the_loop_bench_points_the_controller_at_its_own_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another stack's settings in the environment (or .env) must not reach the loop the bench drives:
+    the canary controller would read that stack's error counters."""
+    from flywheel.bench.loop import loop_settings
+    from flywheel.bench.services import Flywheel
+    from flywheel.procs import ManagedProcess
+
+    monkeypatch.setenv("FLYWHEEL_CANARY_GATEWAY_METRICS_URLS", "http://10.0.0.9:8000/metrics")
+    monkeypatch.setenv("FLYWHEEL_DATABASE_URL", "postgresql://elsewhere/flywheel")
+    env = {"FLYWHEEL_VAR_DIR": str(tmp_path / "gw"), "FLYWHEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}"}
+    gateway = Flywheel("http://127.0.0.1:4321", ManagedProcess("gw", ["true"], tmp_path / "gw.log", env=env))
+    settings = loop_settings(gateway, tmp_path / "seed")
+    assert settings.canary_gateway_metrics_urls == ["http://127.0.0.1:4321/metrics"]
+    assert settings.database_url == env["FLYWHEEL_DATABASE_URL"] and settings.var_dir == tmp_path / "gw"

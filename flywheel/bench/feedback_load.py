@@ -81,12 +81,12 @@ def run_wrk_pool(url: str, script: Path, concurrency: int, duration_s: float, th
 
 
 class LagRecordingStore(FeedbackStore):
-    """A FeedbackStore that notes, per rating, how long after its creation it was committed."""
+    """A FeedbackStore that notes, per rating, when it was created and how long after that it was committed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
-        self._lags: dict[str, float] = {}
+        self._lags: dict[str, tuple[datetime, float]] = {}
 
     def apply_batch(self, events: Any) -> int:
         applied = super().apply_batch(events)
@@ -94,18 +94,20 @@ class LagRecordingStore(FeedbackStore):
         with self._lock:
             for e in events:
                 if isinstance(e, Feedback) and e.event_id not in self._lags:  # first commit only
-                    self._lags[e.event_id] = (now - e.time).total_seconds()
+                    self._lags[e.event_id] = (e.time, (now - e.time).total_seconds())
         return applied
 
-    def take_lags(self) -> list[float]:
-        """Lags recorded since the last call (seconds), and forget them."""
+    def take_lags(self, since: datetime | None = None) -> list[float]:
+        """Lags (seconds) recorded since the last call, of ratings created at or after ``since``; forget all.
+        ``since`` keeps a late rating of an earlier point out of the current one's count."""
         with self._lock:
-            lags, self._lags = list(self._lags.values()), {}
-        return lags
+            lags, self._lags = self._lags, {}
+        return [lag for created, lag in lags.values() if since is None or created >= since]
 
-    def seen(self) -> int:
+    def seen(self, since: datetime | None = None) -> int:
+        """Ratings recorded since the last ``take_lags`` (created at or after ``since``)."""
         with self._lock:
-            return len(self._lags)
+            return sum(1 for created, _ in self._lags.values() if since is None or created >= since)
 
 
 class RunningConsumer:

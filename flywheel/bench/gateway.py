@@ -26,6 +26,7 @@ from flywheel.bench import services
 from flywheel.bench.bare_proxy import start_bare_proxy
 from flywheel.bench.litellm_proxy import start_litellm_proxy
 from flywheel.bench.loadgen import LoadGenError, WrkResult, run_wrk, wrk_path
+from flywheel.bench.options import int_list
 from flywheel.bench.report import provenance, write_section
 from flywheel.bench.summary import Point, markdown_section, print_tables
 from flywheel.settings import Settings
@@ -171,9 +172,9 @@ def bench_one_backend(
                                      extra_env={"FLYWHEEL_WORKERS": str(workers)})  # fmt: skip
         targets = [Target("direct", backend.url, None), Target("flywheel", gw.url, gw.api_key, gw.process.pid)]
         if opts["litellm"]:
-            proxy = start_litellm_proxy(work / "litellm-venv", work / f"litellm-{name}", backend.model, backend.url,
-                                        workers=workers)  # fmt: skip
-            stack.callback(proxy.stop)
+            # stopped by `stack` from its spawn on, even if interrupted while it starts
+            proxy = start_litellm_proxy(stack, work / "litellm-venv", work / f"litellm-{name}", backend.model,
+                                        backend.url, workers=workers)  # fmt: skip
             backend.keep_off(proxy.process.pid)  # off vLLM's cores, as Flywheel runs
             targets.append(Target("litellm", proxy.url, proxy.api_key, proxy.process.pid))
         if opts["bare"]:
@@ -196,15 +197,17 @@ def bench_one_backend(
 
 def run(
     concurrency: str = typer.Option("1,8,32", help="comma-separated concurrencies (open connections)"),
-    duration: float = typer.Option(10.0, help="seconds measured per point (backend × path × concurrency)"),
+    duration: float = typer.Option(
+        10.0, min=1.0, help="seconds measured per point (backend × path × concurrency); wrk runs whole seconds"
+    ),
     backends: str = typer.Option(
         "stub,vllm",
         help="comma-separated: stub (zero-latency), vllm (seed policy), paced (the stub answering after --paced-ms)",
     ),
     out: Path = typer.Option(Path("docs/benchmarks.md"), help="page whose `gateway` section is rewritten"),
-    warmup: float = typer.Option(2.0, help="seconds of unrecorded load before each point"),
-    rounds: int = typer.Option(1, help="repeat every point; the median of the rounds is reported"),
-    max_tokens: int = typer.Option(16, help="max_tokens of each request (what vLLM generates)"),
+    warmup: float = typer.Option(2.0, min=0.0, help="seconds of unrecorded load before each point"),
+    rounds: int = typer.Option(1, min=1, help="repeat every point; the median of the rounds is reported"),
+    max_tokens: int = typer.Option(16, min=1, help="max_tokens of each request (what vLLM generates)"),
     litellm: bool = typer.Option(True, "--litellm/--no-litellm", help="also measure the LiteLLM proxy"),
     bare: bool = typer.Option(True, "--bare/--no-bare", help="also measure the barest Python pass-through"),
     paced_ms: float = typer.Option(
@@ -217,17 +220,18 @@ def run(
     ),
 ) -> None:
     """Added latency (p50/p99) and max throughput of each path, over a stub, vLLM or a paced stub."""
+    levels = int_list(concurrency, "--concurrency")  # bad input first: one line, before anything starts
+    chosen = _csv(backends)
+    unknown = set(chosen) - set(BACKENDS)
+    if unknown or not chosen:
+        what = f"unknown backend(s): {', '.join(sorted(unknown))}" if unknown else "no backend named"
+        raise typer.BadParameter(f"{what} (choose from {', '.join(BACKENDS)})", param_hint="--backends")
     console = Console()
     try:
         wrk_path()
     except LoadGenError as exc:
         console.print(f"[red]{exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    chosen = _csv(backends)
-    unknown = set(chosen) - set(BACKENDS)
-    if unknown:
-        raise typer.BadParameter(f"unknown backend(s): {', '.join(sorted(unknown))}", param_hint="--backends")
-    levels = [int(c) for c in _csv(concurrency)]
     settings = Settings()
     opts: dict[str, object] = {
         "concurrency": levels, "duration": duration, "warmup": warmup, "rounds": rounds,

@@ -13,6 +13,7 @@ no cost-map download, one worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -84,10 +85,12 @@ class LiteLLMProxy:
 
 
 def start_litellm_proxy(
-    venv: Path, work_dir: Path, model: str, backend_url: str, timeout_s: float = 180, workers: int = 1
-) -> LiteLLMProxy:
+    stack: contextlib.ExitStack, venv: Path, work_dir: Path, model: str, backend_url: str, timeout_s: float = 180,
+    workers: int = 1,
+) -> LiteLLMProxy:  # fmt: skip
     """Write the config, start ``litellm`` (``workers`` processes) on a free port and wait until it
-    answers an authenticated call."""
+    answers an authenticated call. Its stop is on ``stack`` from the moment it is spawned: it runs in
+    a session of its own, so a Ctrl-C or SIGTERM during the readiness wait must still stop it."""
     venv, work_dir = venv.resolve(), work_dir.resolve()  # the proxy runs with cwd=work_dir
     script = ensure_litellm_venv(venv, work_dir / "litellm-install.log")
     port = free_port()
@@ -108,6 +111,7 @@ def start_litellm_proxy(
             "--num_workers", str(workers)]
     proc = ManagedProcess(f"litellm-{port}", argv, work_dir / f"litellm-{port}.log", env=env, cwd=work_dir)
     proc.start()
+    stack.callback(proc.stop)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:

@@ -39,6 +39,15 @@ def _start_consumer(stack: contextlib.ExitStack, gateway: services.Flywheel, wor
     proc.wait_ready(lambda: services._http_ok(f"http://127.0.0.1:{port}/metrics"), timeout_s=60)
 
 
+def loop_settings(gateway: services.Flywheel, seed_dir: Path) -> Settings:
+    """The loop's settings, pointed at the stack this bench started. Set explicitly, not as defaults: a
+    FLYWHEEL_* value from .env or the environment (another stack's database, or its gateways' /metrics,
+    which the canary controller reads error counts from) must not win over the bench's own."""
+    env = gateway.process.env or {}
+    return Settings(var_dir=Path(env["FLYWHEEL_VAR_DIR"]), database_url=env["FLYWHEEL_DATABASE_URL"],
+                    seed_model_path=seed_dir, canary_gateway_metrics_urls=[f"{gateway.url.rstrip('/')}/metrics"])
+
+
 def _rate(stats: dict | None, key: str) -> float | None:  # type: ignore[type-arg]
     if not stats:
         return None
@@ -52,9 +61,9 @@ def _pct(value: float | None) -> str:
 
 
 def run(
-    interactions: int = typer.Option(500, help="rated interactions collected before training"),
-    eval_interactions: int = typer.Option(300, help="per version, fresh users"),
-    min_ratings: int = typer.Option(60, help="canary ratings each rollout step needs"),
+    interactions: int = typer.Option(500, min=10, help="rated interactions collected before training"),
+    eval_interactions: int = typer.Option(300, min=1, help="per version, fresh users"),
+    min_ratings: int = typer.Option(60, min=1, help="canary ratings each rollout step needs"),
     seed: int = typer.Option(0, help="simulation seed"),
     out: Path = typer.Option(Path("docs/benchmarks.md"), help="page whose `loop` section is rewritten"),
     write: bool = typer.Option(True, "--write/--no-write", help="write the section to --out"),
@@ -77,8 +86,7 @@ def run(
         gateway = services.start_flywheel(stack, work / "gateway", backend, stages=True)
         _start_consumer(stack, gateway, work)
         env = gateway.process.env or {}
-        settings = Settings(var_dir=Path(env["FLYWHEEL_VAR_DIR"]), database_url=env["FLYWHEEL_DATABASE_URL"],
-                            seed_model_path=seed_dir)  # fmt: skip
+        settings = loop_settings(gateway, seed_dir)
         config = LoopConfig(url=gateway.url, chat_key=gateway.api_key, admin_key=env["FLYWHEEL_ADMIN_KEYS"],
                             interactions_per_round=interactions, eval_interactions=eval_interactions, seed=seed,
                             plan=loop_plan(min_ratings), reports_dir=work / "reports")  # fmt: skip

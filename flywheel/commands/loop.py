@@ -8,12 +8,15 @@ own controller for the duration (`FLYWHEEL_CANARY_CONTROLLER=false flywheel up`)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from flywheel.commands.policy import _fail
+
+if TYPE_CHECKING:
+    from flywheel.loop.runner import LoopRecord
 
 
 def loop(
@@ -66,9 +69,26 @@ def loop(
     out = reports_dir / runner.stamp
     try:
         record = runner.run(settings.var_dir / "loop" / runner.stamp)
-    except (LoopError, TrainError, RewardError) as exc:
-        _fail(str(exc))
+    except BaseException as exc:  # Ctrl-C and bugs too: the rounds so far are reported, the canary is safe
+        # the runner has marked the failed round and rolled back its canary when the run got under way
+        note = _report_so_far(runner.record, out) if runner.record.error is not None else ""
+        if isinstance(exc, (LoopError, TrainError, RewardError)):
+            _fail(f"{exc}{note}")  # one line
+        if note:
+            console.print(note.removeprefix("; "), highlight=False)
+        raise  # the CLI's boundary: one line for a known failure, the traceback for a bug
     finally:
         runner.close()
     summary = write_report(record, out)
     Console().print(f"report → {summary}")
+
+
+def _report_so_far(record: LoopRecord, out: Path) -> str:
+    """Write the report of a run that failed; returns where, for the error line. A failure here must not
+    hide the one that stopped the run."""
+    from flywheel.loop.report import write_report
+
+    try:
+        return f"; report of the rounds so far → {write_report(record, out)}"
+    except Exception as exc:
+        return f"; the report of the rounds so far could not be written to {out}: {exc}"

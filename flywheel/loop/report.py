@@ -59,6 +59,14 @@ def render_summary(record: LoopRecord) -> str:
             f"{acc} | {_pct(win)} | {'-' if kl is None else f'{kl:.2f}'} | {r.seconds.get('collect', 0):.0f} | "
             f"{r.seconds.get('train', 0):.0f} | {r.seconds.get('rollout', 0):.0f} | {r.rollout_interactions} |"
         )
+    if record.error:
+        lines += ["", f"**The run stopped on an error**: {record.error}", ""]
+        for r in record.rounds:
+            if r.outcome == "failed":
+                canary = f"; canary `{r.candidate}`: {r.cleanup}" if r.candidate else ""
+                lines.append(f"- round {r.round} failed: {r.error}{canary}")
+        if not any(r.outcome == "failed" for r in record.rounds):
+            lines.append("- it stopped outside a round (the evaluation of a version); the rounds above finished")
     failed = [(r.round, line) for r in record.rounds for line in r.gate_failures]
     if failed:
         lines += ["", "Gate failures (the version is kept on disk, not registered):", ""]

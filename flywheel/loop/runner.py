@@ -61,7 +61,7 @@ class RoundRecord:
     round: int
     parent: str
     algo: str
-    outcome: str = "pending"  # promoted | rolled_back | gate_failed | undecided | no_pairs
+    outcome: str = "pending"  # promoted | rolled_back | gate_failed | undecided | no_pairs | failed
     candidate: str | None = None
     run_dir: str | None = None
     pairs: int = 0
@@ -73,6 +73,8 @@ class RoundRecord:
     collected: dict[str, Any] = field(default_factory=dict)
     rollout_interactions: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # why the round failed (outcome "failed")
+    cleanup: str | None = None  # what the loop did with the round's canary after the failure
 
 
 @dataclass
@@ -90,6 +92,7 @@ class LoopRecord:
     final_stable: str = ""
     errors: int = 0  # failed chat or feedback calls of simulated users (all phases)
     wall_s: float = 0.0
+    error: str | None = None  # what stopped the run early (the failed round has it too), None: it finished
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +118,7 @@ class Loop:
         self.started = utcnow()
         self.stamp = self.started.strftime("%Y%m%d-%H%M%S")
         self.record = LoopRecord(config.to_dict(), self.started.isoformat(), self.operator.stable().id)
+        self._current: RoundRecord | None = None  # the round under way, until it is in self.record.rounds
         self._controller = self._build_controller()
 
     def close(self) -> None:
@@ -124,8 +128,18 @@ class Loop:
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self, work_dir: Path) -> LoopRecord:
+        """All rounds. On any failure (Ctrl-C included) ``self.record`` still holds the rounds so far, the
+        failed one marked with its error, and a canary the failed round registered is rolled back; then
+        the exception goes on to the caller, which writes the report."""
         if self.operator.canaries():
             raise LoopError(f"canaries {[v.id for v in self.operator.canaries()]} are live; finish them first")
+        try:
+            return self._run(work_dir)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def _run(self, work_dir: Path) -> LoopRecord:
         if self.config.eval_interactions:  # now, while the starting stable still serves (retired ones do not)
             self.evaluate(self.record.seed_version)
         for n in range(1, self.config.rounds + 1):
@@ -133,6 +147,7 @@ class Loop:
             round_dir.mkdir(parents=True, exist_ok=True)
             record = self.round(n, round_dir)
             self.record.rounds.append(record)
+            self._current = None
             self.console.print(f"[bold]round {n}[/]: {record.outcome} ({record.candidate or 'no canary'})")
             if record.outcome == "undecided":  # the canary stays live for an operator: no next round
                 self.console.print(f"[yellow]{record.candidate} waits for an operator; stopping after round {n}[/]")
@@ -148,7 +163,7 @@ class Loop:
         stable = self.operator.stable()
         if self.operator.canaries():
             raise LoopError(f"canaries {[v.id for v in self.operator.canaries()]} are live; finish them first")
-        record = RoundRecord(round=n, parent=stable.id, algo=self.config.algo)
+        record = self._current = RoundRecord(round=n, parent=stable.id, algo=self.config.algo)
         began = time.monotonic()
         since = utcnow()
         interactions = math.ceil(self.config.interactions_per_round / max(self.preference.rating.rating_probability, 1e-6))
@@ -294,6 +309,36 @@ class Loop:
             raise LoopError(f"evaluating {version}: no answers from it ({dict(report.totals.errors)})")
         self.record.evaluation[version] = stats.to_dict()
 
+    # --- failure --------------------------------------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        """Record ``exc`` on the run and on the round under way, and leave that round's canary safe."""
+        what = _describe(exc)
+        self.record.error = what
+        self.record.wall_s = self._t()
+        record, self._current = self._current, None
+        if record is not None:
+            record.outcome, record.error = "failed", what
+            self.record.rounds.append(record)
+            if record.candidate:
+                record.cleanup = self._retire_canary(record.candidate, what)
+                self.console.print(f"[yellow]round {record.round} failed; {record.candidate}: {record.cleanup}[/]")
+        try:
+            self.record.final_stable = self.operator.stable().id
+        except Exception as err:  # the stack may be what failed: the report says so rather than guess
+            self.record.final_stable = f"unknown ({_describe(err)})"
+
+    def _retire_canary(self, vid: str, why: str) -> str:
+        """Roll back ``vid`` if it is still an undecided canary: this loop registered it and can no longer
+        watch it, so it must not keep serving users. Returns what happened, for the report."""
+        try:
+            if self.operator.version(vid).status != "canary":
+                return "already decided; left as it is"
+            self._controller.admin.rollback(vid, "flywheel loop failed while the canary was live",
+                                            {"error": why[:500]})  # fmt: skip
+            return "rolled back by the loop"
+        except Exception as err:
+            return f"NOT rolled back ({_describe(err)}): roll it back with `flywheel policy rollback {vid}`"
+
     # --- helpers ----------------------------------------------------------------------------------
     def _t(self) -> float:
         return round(time.monotonic() - self.began, 2)
@@ -308,6 +353,12 @@ class Loop:
         counters = GatewayCounters(self.settings.canary_gateway_metrics_urls or [f"{self.config.url.rstrip('/')}/metrics"])
         analyzer = CanaryAnalyzer(PolicyRegistry(self.engine), StoreMetrics(self.engine), counters, self.config.plan)
         return CanaryController(analyzer, AdminClient(self.config.url, self.config.admin_key))
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the exception and its message."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def write_prompts(pairs: Path, out: Path) -> int:
