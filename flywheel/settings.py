@@ -238,14 +238,29 @@ class Settings(BaseSettings):
         1000, ge=1, description="still inconclusive at this many ratings: hold for an operator"
     )
     canary_min_seconds_per_step: float = Field(600.0, ge=0, description="minimum time a step lasts")
-    canary_margin: float = Field(0.05, description="thumbs-up rate a canary may lose to stable and still pass")
-    canary_success_probability: float = Field(0.95, description="posterior P(not worse by > margin) to pass")
-    canary_failure_probability: float = Field(0.95, description="posterior P(worse by > margin) to fail")
+    # bounds as RolloutPlan checks them (deploy/canary/plan.py): a rate margin of 1 can never fail, a
+    # latency ratio below 1 fails a canary as fast as the stable; said here too so it names the variable
+    canary_margin: float = Field(
+        0.05, ge=0, lt=1, description="thumbs-up rate a canary may lose to stable and still pass"
+    )
+    canary_success_probability: float = Field(
+        0.95, gt=0.5, lt=1, description="posterior P(not worse by > margin) to pass"
+    )
+    canary_failure_probability: float = Field(0.95, gt=0.5, lt=1, description="posterior P(worse by > margin) to fail")
     canary_failure_limit: int = Field(0, ge=0, description="failed analyses tolerated; one more rolls back")
-    canary_reward_margin: float = Field(0.1, description="mean reward a canary may lose to stable")
-    canary_error_rate_margin: float = Field(0.01, description="error rate a canary may add over stable")
-    canary_safety_block_margin: float = Field(0.02, description="safety-block rate a canary may add over stable")
-    canary_latency_p99_max_ratio: float = Field(1.5, description="canary p99 latency / stable p99 that fails")
+    canary_reward_margin: float = Field(
+        0.1, ge=0, allow_inf_nan=False, description="mean reward a canary may lose to stable"
+    )
+    canary_error_rate_margin: float = Field(
+        0.01, ge=0, lt=1,
+        description="error rate a canary may add over stable (and its ceiling while stable has too few attempts)",
+    )
+    canary_safety_block_margin: float = Field(
+        0.02, ge=0, lt=1, description="safety-block rate a canary may add over stable"
+    )
+    canary_latency_p99_max_ratio: float = Field(
+        1.5, ge=1, allow_inf_nan=False, description="canary p99 latency / stable p99 that fails"
+    )
     canary_min_latency_samples: int = Field(50, ge=1, description="answers per version before p99 is judged")
     canary_interval_s: float = Field(30.0, gt=0, description="seconds between controller analyses")
     canary_controller: bool = Field(True, description="`flywheel up` starts the controller (off while `flywheel loop` drives one)")

@@ -6,6 +6,10 @@ no stale read snapshot to upgrade) and a row lock on PostgreSQL (like ``SELECT .
 writers from any number of processes run one after the other and each sees the previous one's
 result: two concurrent promotes cannot both win, two weight changes cannot together exceed 1.
 A partial unique index on ``status = 'stable'`` backs the "exactly one stable" rule in the database.
+
+A caller that decided on a snapshot (the canary controller, an operator's button) passes ``expected``:
+what it saw. It is checked inside that same transaction, so a change made in between (an abort, a
+pause, another weight) refuses the stale action (``PreconditionFailed``) instead of undoing the newer one.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,7 @@ from policies.registry_models import (
 
 SEED_ID = "seed"
 _EPS = 1e-9
+CANARY_PAUSED_KEY = "canary_paused"  # in a version's metrics: an operator paused its canary rollout
 
 
 class RegistryError(Exception):
@@ -54,6 +60,10 @@ class VersionNotFound(RegistryError):
 
 class InvalidTransition(RegistryError):
     """The version's status does not allow that change (admin: 409)."""
+
+
+class PreconditionFailed(InvalidTransition):
+    """The version is no longer in the state the caller decided on (admin: 409 precondition_failed)."""
 
 
 class WeightError(RegistryError):
@@ -135,6 +145,39 @@ def adapter_sha256_prefix(name: str) -> str | None:
 
 def _state(row: PolicyVersionRow) -> dict[str, Any]:
     return {"status": row.status, "weight": row.weight}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a caller saw when it decided on a change; ``None`` fields are not checked. Checked inside the
+    change's transaction, so a decision made on a snapshot cannot act on a version that changed since."""
+
+    status: str | None = None
+    weight: float | None = None
+    paused: bool | None = None  # the canary's ``canary_paused`` flag (an operator's pause)
+
+    def check(self, version_id: str, status: str, weight: float, metrics: dict[str, Any] | None) -> None:
+        """Raise ``PreconditionFailed`` naming every difference between what was expected and what is."""
+        paused = bool((metrics or {}).get(CANARY_PAUSED_KEY, False))
+        wrong = []
+        if self.status is not None and status != self.status:
+            wrong.append(f"is {status}, expected {self.status}")
+        if self.weight is not None and abs(weight - self.weight) > _EPS:
+            wrong.append(f"has weight {weight:.4g}, expected {self.weight:.4g}")
+        if self.paused is not None and paused != self.paused:
+            wrong.append("is paused" if paused else "is no longer paused")
+        if wrong:
+            raise PreconditionFailed(f"{version_id} {' and '.join(wrong)}: it changed since the decision; refused")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The non-empty fields (for the audit details and the operator API's ``expected_*`` body fields)."""
+        return {k: v for k, v in (("status", self.status), ("weight", self.weight), ("paused", self.paused))
+                if v is not None}  # fmt: skip
+
+
+def _expect(expected: Expected | None, row: PolicyVersionRow) -> None:
+    if expected is not None:
+        expected.check(row.id, row.status, row.weight, row.metrics)
 
 
 def adapter_name(version_id: str, artifact_sha256: str) -> str:
@@ -269,13 +312,15 @@ class PolicyRegistry:
             return self._to_version(session, row)
 
     def set_weight(
-        self, version_id: str, weight: float, actor: str = "system", details: dict[str, Any] | None = None
+        self, version_id: str, weight: float, actor: str = "system", details: dict[str, Any] | None = None,
+        *, expected: Expected | None = None,
     ) -> Version:
         """Give a canary ``weight`` of the traffic; the stable keeps whatever the canaries leave."""
         if not (0.0 <= weight <= 1.0):  # also rejects NaN
             raise WeightError(f"weight must be between 0 and 1, got {weight}")
         with self._change() as session:
             row = self._row(session, version_id)
+            _expect(expected, row)
             if row.status != "canary":
                 raise InvalidTransition(f"{version_id} is {row.status}; only a canary has a weight")
             others = self._canary_total(session, excluding=version_id)
@@ -290,12 +335,15 @@ class PolicyRegistry:
             return self._to_version(session, row)
 
     def promote(
-        self, version_id: str, actor: str = "system", details: dict[str, Any] | None = None
+        self, version_id: str, actor: str = "system", details: dict[str, Any] | None = None,
+        *, expected: Expected | None = None,
     ) -> Version:
         """Make a canary (or a retired / rolled-back version, to undo) the stable; the old stable
-        is retired but kept, so promoting it again reverses this."""
+        is retired but kept, so promoting it again reverses this. ``expected`` (e.g. status canary, as
+        the controller sends) refuses the promote if the version changed since the caller looked."""
         with self._change() as session:
             row = self._row(session, version_id)
+            _expect(expected, row)
             if row.status not in ("canary", "retired", "rolled_back"):
                 raise InvalidTransition(f"{version_id} is {row.status}; cannot promote it")
             old = session.scalars(select(PolicyVersionRow).where(PolicyVersionRow.status == "stable")).first()
@@ -311,13 +359,19 @@ class PolicyRegistry:
             self._audit(session, actor, "promote", row, before, {**previous, **(details or {})})
             return self._to_version(session, row)
 
-    def rollback(self, version_id: str, actor: str = "system", details: dict[str, Any] | None = None) -> Version:
+    def rollback(
+        self, version_id: str, actor: str = "system", details: dict[str, Any] | None = None,
+        *, expected: Expected | None = None,
+    ) -> Version:
         """Take a canary out of traffic at once (weight 0, status rolled_back)."""
-        return self._end(version_id, "rolled_back", ("canary",), "rollback", actor, details)
+        return self._end(version_id, "rolled_back", ("canary",), "rollback", actor, details, expected)
 
-    def retire(self, version_id: str, actor: str = "system", details: dict[str, Any] | None = None) -> Version:
+    def retire(
+        self, version_id: str, actor: str = "system", details: dict[str, Any] | None = None,
+        *, expected: Expected | None = None,
+    ) -> Version:
         """Take a canary (or a rolled-back version) out for good; the stable can only be replaced."""
-        return self._end(version_id, "retired", ("canary", "rolled_back"), "retire", actor, details)
+        return self._end(version_id, "retired", ("canary", "rolled_back"), "retire", actor, details, expected)
 
     def mark_failed(self, version_id: str, actor: str = "system", reason: str = "") -> Version:
         """Record that a just-registered canary could not be served (e.g. vLLM refused the adapter)."""
@@ -325,10 +379,11 @@ class PolicyRegistry:
 
     def _end(
         self, version_id: str, status: str, allowed: tuple[str, ...], action: str, actor: str,
-        details: dict[str, Any] | None,
+        details: dict[str, Any] | None, expected: Expected | None = None,
     ) -> Version:
         with self._change() as session:
             row = self._row(session, version_id)
+            _expect(expected, row)
             if row.status not in allowed:
                 hint = "; promote another version to replace it" if row.status == "stable" else ""
                 raise InvalidTransition(f"{version_id} is {row.status}; cannot {action} it{hint}")

@@ -152,6 +152,25 @@ def test_lifecycle_status_codes_and_audit(client: httpx.Client, gateway: Gateway
     assert client.get("/admin/audit", headers=ADMIN, params={"limit": 0}).status_code == 422
 
 
+def test_expected_fields_refuse_a_change_the_version_has_outgrown(client: httpx.Client, gateway: Gateway) -> None:
+    """``expected_*`` body fields: what the caller decided on. A version changed since answers 409
+    precondition_failed and is left as it is; an unknown status is a 422."""
+    body = {"kind": "full", "path": gateway.artifact("x"), "endpoint": "http://127.0.0.1:8200"}
+    vid = client.post("/admin/policies", headers=ADMIN, json=body).json()["id"]
+    expected = {"expected_status": "canary", "expected_weight": 0.0, "expected_paused": False}
+    step = client.post(f"/admin/policies/{vid}/weight", headers=ADMIN, json={"weight": 0.2, **expected})
+    assert step.status_code == 200 and step.json()["weight"] == 0.2, step.text
+    stale = client.post(f"/admin/policies/{vid}/weight", headers=ADMIN, json={"weight": 0.5, "expected_weight": 0.0})
+    assert stale.status_code == 409 and error_of(stale)["code"] == "precondition_failed"
+    assert client.post(f"/admin/policies/{vid}/rollback", headers=ADMIN).status_code == 200  # an operator's abort
+    late = client.post(f"/admin/policies/{vid}/promote", headers=ADMIN, json={"expected_status": "canary"})
+    assert late.status_code == 409 and error_of(late)["code"] == "precondition_failed"
+    assert "rolled_back" in error_of(late)["message"]
+    bogus = client.post(f"/admin/policies/{vid}/promote", headers=ADMIN, json={"expected_status": "bogus"})
+    assert bogus.status_code == 422
+    assert gateway.registry.get(vid).status == "rolled_back" and gateway.registry.get("seed").status == "stable"
+
+
 def test_bad_registrations_are_rejected_and_not_kept(client: httpx.Client, gateway: Gateway) -> None:
     cases = [
         ({"kind": "full", "path": str(gateway.tmp / "nope"), "endpoint": "http://x"}, 400),

@@ -123,3 +123,79 @@ def test_plan_validation_and_toml(tmp_path) -> None:  # type: ignore[no-untyped-
     plan = RolloutPlan.from_toml(path)
     assert plan.steps == (0.1, 1.0) and plan.min_ratings_per_step == 20
     assert plan.condition("thumbs_up_rate") == MetricCondition("thumbs_up_rate", margin=0.02, required=True)
+
+
+# --- the error rate when the stable has too few attempts (a canary at 100 %) -------------------------
+ERRORS = MetricCondition("error_rate", margin=0.01, min_samples=50)
+
+
+def calls(attempts: int, errors: int) -> VersionMetrics:
+    return VersionMetrics("v", "2025-01-01T00:00:00+00:00", attempts=attempts, errors=errors)
+
+
+def test_error_rate_without_enough_stable_attempts_is_judged_against_the_margin() -> None:
+    few_stable = calls(12, 0)  # at 100 % the stable only serves the canary's fallbacks
+    failing = judge(ERRORS, calls(200, 30), few_stable, PLAN)
+    assert failing.outcome == "failure" and "absolute limit of 0.01" in failing.why, failing
+    assert judge(ERRORS, calls(2000, 0), few_stable, PLAN).outcome == "success"
+    assert judge(ERRORS, calls(200, 2), few_stable, PLAN).outcome == "inconclusive"  # 1 %: can't tell
+    assert judge(ERRORS, calls(20, 10), few_stable, PLAN).outcome == "inconclusive", "the canary needs its samples"
+    assert judge(ERRORS, calls(200, 30), calls(500, 60), PLAN).outcome == "inconclusive", "compared with stable"
+    failed = decide(PLAN, [failing], step=PLAN.last_step, elapsed_s=1e9, ratings=10_000, failures=0, paused=False,
+                    new_evidence=True)  # fmt: skip
+    assert failed.action == "rollback"
+
+
+# --- plan validation -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        ({"metric": "latency_p99_ms"}, "max_ratio is required"),
+        ({"metric": "latency_p99_ms", "max_ratio": 0.0}, "max_ratio must be a number >= 1"),
+        ({"metric": "latency_p99_ms", "max_ratio": -1.5}, "max_ratio must be a number >= 1"),
+        ({"metric": "latency_p99_ms", "max_ratio": 0.8}, "max_ratio must be a number >= 1"),
+        ({"metric": "latency_p99_ms", "max_ratio": float("nan")}, "max_ratio must be a number >= 1"),
+        ({"metric": "latency_p99_ms", "max_ratio": 1.5, "margin": 0.1}, "margin does not apply"),
+        ({"metric": "thumbs_up_rate", "margin": 1.0}, r"margin must be in \[0, 1\)"),
+        ({"metric": "error_rate", "margin": -0.01}, r"margin must be in \[0, 1\)"),
+        ({"metric": "safety_block_rate", "margin": 2}, r"margin must be in \[0, 1\)"),
+        ({"metric": "mean_reward", "margin": -0.1}, "margin must be >= 0"),
+        ({"metric": "mean_reward", "margin": float("inf")}, "margin must be a number"),
+        ({"metric": "error_rate", "max_ratio": 1.5}, "max_ratio applies to latency_p99_ms only"),
+        ({"metric": "thumbs_up_rate", "min_samples": 0}, "min_samples must be an integer >= 1"),
+        ({"metric": "p50"}, "unknown metric 'p50'"),
+    ],
+)
+def test_a_bad_condition_is_a_plan_error(condition: dict, message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        MetricCondition(**condition)
+
+
+def test_a_bad_toml_condition_or_setting_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from flywheel.cli import user_error_message
+    from flywheel.settings import Settings
+
+    path = tmp_path / "plan.toml"
+    path.write_text('[canary]\n[[canary.conditions]]\nmetric = "latency_p99_ms"\nmin_samples = 20\n')
+    with pytest.raises(PlanError, match="latency_p99_ms: max_ratio is required") as caught:
+        RolloutPlan.from_toml(path)
+    assert user_error_message(caught.value) == str(caught.value), "the CLI prints it as its one line"
+    path.write_text('[canary]\n[[canary.conditions]]\nmetric = "error_rate"\nlimit = 0.1\n')
+    with pytest.raises(PlanError, match=r"unknown keys \['limit'\]"):
+        RolloutPlan.from_toml(path)
+    path.write_text('[canary]\n[[canary.conditions]]\nmetric = "latency_p99_ms"\nmax_ratio = 2.0\n')
+    assert RolloutPlan.from_toml(path).condition("latency_p99_ms") == MetricCondition("latency_p99_ms", max_ratio=2.0)
+    with pytest.raises(PlanError, match="one condition per metric"):
+        RolloutPlan(conditions=(THUMBS, THUMBS))
+    with pytest.raises(PlanError, match="failure_limit"):
+        RolloutPlan(failure_limit=-1)
+
+    bad_settings = [("canary_latency_p99_max_ratio", 0.0), ("canary_margin", 1.0), ("canary_error_rate_margin", -1)]
+    for name, value in bad_settings:
+        with pytest.raises(ValueError, match=name) as bad:
+            Settings(**{name: value})
+        line = user_error_message(bad.value)
+        assert line is not None and "\n" not in line and f"FLYWHEEL_{name.upper()}" in line, line
+    plan = RolloutPlan.from_settings(Settings())
+    latency = plan.condition("latency_p99_ms")
+    assert latency is not None and latency.max_ratio == 1.5

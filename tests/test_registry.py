@@ -13,10 +13,13 @@ from sqlalchemy.exc import IntegrityError
 
 from flywheel.db import make_engine
 from policies.registry import (
+    CANARY_PAUSED_KEY,
+    Expected,
     InvalidArtifact,
     InvalidTransition,
     NoStableVersion,
     PolicyRegistry,
+    PreconditionFailed,
     VersionNotFound,
     WeightError,
     artifact_sha256,
@@ -175,6 +178,39 @@ def test_invalid_transitions_and_errors(registry: PolicyRegistry, artifacts: Cal
         registry.promote(v2.id)
     # Nothing above left a trace in the audit log except the real changes.
     assert [a.action for a in registry.audit()] == ["fail", "register", "retire", "rollback", "register", "seed"]
+
+
+def test_expected_state_is_checked_inside_the_change(
+    registry: PolicyRegistry, artifacts: Callable[[str], Path]
+) -> None:
+    """A caller that decided on a snapshot passes what it saw; a version changed since refuses the change,
+    which leaves no state change and no audit entry. Without ``expected`` the operator may still promote a
+    rolled-back version (to go back)."""
+    canary = Expected(status="canary")
+    vid = registry.register("lora", artifacts("a")).id
+    registry.set_weight(vid, 0.2, "ctl", expected=Expected(status="canary", weight=0.0, paused=False))
+    with pytest.raises(PreconditionFailed, match="has weight 0.2, expected 0.1"):
+        registry.set_weight(vid, 0.5, "ctl", expected=Expected(status="canary", weight=0.1))
+    registry.update_metrics(vid, {CANARY_PAUSED_KEY: True})
+    with pytest.raises(PreconditionFailed, match="is paused"):
+        registry.set_weight(vid, 0.5, "ctl", expected=Expected(weight=0.2, paused=False))
+    with pytest.raises(PreconditionFailed, match="is paused"):
+        registry.promote(vid, "ctl", expected=Expected(status="canary", paused=False))
+    registry.update_metrics(vid, {CANARY_PAUSED_KEY: False})
+    before = [a.id for a in registry.audit(version_id=vid)]
+
+    registry.rollback(vid, "op:abort")
+    with pytest.raises(PreconditionFailed, match="is rolled_back, expected canary"):
+        registry.promote(vid, "ctl", expected=canary)
+    with pytest.raises(PreconditionFailed):
+        registry.rollback(vid, "ctl", expected=canary)
+    with pytest.raises(PreconditionFailed):
+        registry.retire(vid, "ctl", expected=canary)
+    assert registry.get(vid).status == "rolled_back" and registry.get("seed").status == "stable"
+    assert [a.action for a in registry.audit(version_id=vid)][0] == "rollback"
+    assert len(registry.audit(version_id=vid)) == len(before) + 1, "refused changes leave no audit entry"
+    assert registry.promote(vid, "op:go-back").status == "stable", "an operator may still promote it back"
+    assert issubclass(PreconditionFailed, InvalidTransition)
 
 
 def test_canary_weights_cannot_exceed_one(registry: PolicyRegistry, artifacts: Callable[[str], Path]) -> None:

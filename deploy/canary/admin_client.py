@@ -2,6 +2,8 @@
 
 The controller acts over HTTP, not on the registry directly, so the gateway's AdminService loads and
 unloads LoRA adapters and every gateway process sees the change through the registry it writes.
+Each call may carry ``expected`` (what the controller saw when it decided): the registry refuses the
+change with 409 ``precondition_failed`` if the version has changed since.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+
+from policies.registry import Expected
 
 
 class AdminClientError(RuntimeError):
@@ -43,12 +47,25 @@ class AdminClient:
             raise AdminClientError(f"{path}: HTTP {resp.status_code}: {message}", resp.status_code)
         return resp.json()
 
-    def set_weight(self, version_id: str, weight: float, reason: str, details: dict[str, Any]) -> dict[str, Any]:
-        body = {"weight": weight, "reason": reason, "details": details}
+    def set_weight(
+        self, version_id: str, weight: float, reason: str, details: dict[str, Any], *, expected: Expected | None = None
+    ) -> dict[str, Any]:
+        body = {"weight": weight, "reason": reason, "details": details, **_expected(expected)}
         return self._post(f"/admin/policies/{version_id}/weight", body)
 
-    def promote(self, version_id: str, reason: str, details: dict[str, Any]) -> dict[str, Any]:
-        return self._post(f"/admin/policies/{version_id}/promote", {"reason": reason, "details": details})
+    def promote(
+        self, version_id: str, reason: str, details: dict[str, Any], *, expected: Expected | None = None
+    ) -> dict[str, Any]:
+        body = {"reason": reason, "details": details, **_expected(expected)}
+        return self._post(f"/admin/policies/{version_id}/promote", body)
 
-    def rollback(self, version_id: str, reason: str, details: dict[str, Any]) -> dict[str, Any]:
-        return self._post(f"/admin/policies/{version_id}/rollback", {"reason": reason, "details": details})
+    def rollback(
+        self, version_id: str, reason: str, details: dict[str, Any], *, expected: Expected | None = None
+    ) -> dict[str, Any]:
+        body = {"reason": reason, "details": details, **_expected(expected)}
+        return self._post(f"/admin/policies/{version_id}/rollback", body)
+
+
+def _expected(expected: Expected | None) -> dict[str, Any]:
+    """The request body's ``expected_*`` fields."""
+    return {f"expected_{k}": v for k, v in (expected.to_dict() if expected else {}).items()}

@@ -16,6 +16,11 @@ Why noise and peeking do not promote a bad version (docs: the controller looks e
   for an operator, so the number of peeks (and the type-I inflation that comes with them) is finite.
   ``tests/test_canary_analysis.py`` measures the resulting false-promotion rate by simulation.
 Failing is symmetric (P(worse by more than the margin) >= 0.95) and counts only once per new evidence.
+
+Error rate with too few stable attempts (the stable gets almost no traffic while a canary runs at 100 %,
+and live.py's widening to the whole rollout can still come up short, e.g. a plan that starts at 100 %):
+the canary is judged against an error-free stable, i.e. against the margin as an absolute limit, so a
+canary that fails its calls cannot pass the last step because nothing was there to compare it with.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ def prob_not_worse(s_c: float, f_c: float, s_s: float, f_s: float, margin: float
     mids = (edges[:-1] + edges[1:]) / 2
     inner = betainc(a_s, b_s, np.clip(mids + margin, 0.0, 1.0))  # P(p_s <= x + margin)
     return float(np.clip(np.sum(mass * inner), 0.0, 1.0))
+
+
+def prob_rate_at_most(bad: float, good: float, limit: float) -> float:
+    """P(p <= limit) for a rate p ~ Beta(1+bad, 1+good) (uniform prior)."""
+    return float(betainc(1.0 + bad, 1.0 + good, min(max(limit, 0.0), 1.0)))
 
 
 def prob_mean_not_worse(
@@ -101,10 +111,11 @@ def judge(cond: MetricCondition, canary: VersionMetrics, stable: VersionMetrics,
             return result("skipped", c, s, n_c, n_s, None, "no latencies recorded")
         if n_c < cond.min_samples or n_s < cond.min_samples or c is None or s is None:
             return result("inconclusive", c, s, n_c, n_s, None, f"needs {cond.min_samples} answers per version")
-        ratio = c / s if s > 0 else math.inf
-        if ratio > cond.max_ratio:
-            return result("failure", c, s, n_c, n_s, None, f"p99 ratio {ratio:.2f} > {cond.max_ratio}")
-        return result("success", c, s, n_c, n_s, None, f"p99 ratio {ratio:.2f} <= {cond.max_ratio}")
+        ratio, limit = c / s if s > 0 else math.inf, cond.max_ratio
+        assert limit is not None  # MetricCondition requires it for a ratio
+        if ratio > limit:
+            return result("failure", c, s, n_c, n_s, None, f"p99 ratio {ratio:.2f} > {limit}")
+        return result("success", c, s, n_c, n_s, None, f"p99 ratio {ratio:.2f} <= {limit}")
 
     if cond.comparison == "normal":
         c, s, n_c, n_s = canary.reward_mean, stable.reward_mean, canary.reward_n, stable.reward_n
@@ -121,6 +132,15 @@ def judge(cond: MetricCondition, canary: VersionMetrics, stable: VersionMetrics,
             return result("skipped", None, None, 0, 0, None, "no gateway metrics configured")
         if n_c == 0 and n_s == 0:
             return result("skipped", c, s, 0, 0, None, "no data for either version")
+        if metric == "error_rate" and n_c >= cond.min_samples and n_s < cond.min_samples:
+            p = prob_rate_at_most(bad_c, good_c, cond.margin)
+            why = (f"stable has {n_s} of {cond.min_samples} attempts: judged against an absolute limit of "
+                   f"{cond.margin}, P(error rate <= {cond.margin}) = {p:.3f}")  # fmt: skip
+            if p >= plan.success_probability:
+                return result("success", c, s, n_c, n_s, p, why)
+            if 1.0 - p >= plan.failure_probability:
+                return result("failure", c, s, n_c, n_s, p, why)
+            return result("inconclusive", c, s, n_c, n_s, p, why)
         if n_c < cond.min_samples or n_s < cond.min_samples:
             return result("inconclusive", c, s, n_c, n_s, None, f"needs {cond.min_samples} samples per version")
         # for a lower-is-better rate, "not worse" is about the complementary rate, so swap the counts
@@ -174,6 +194,6 @@ def decide(
             return Decision("hold", f"inconclusive at {ratings} ratings ({', '.join(pending)}): an operator decides",
                             failures, needs_operator=True)  # fmt: skip
         return Decision("hold", f"inconclusive: {', '.join(pending)}", failures)
-    if step >= plan.last_step:
-        return Decision("promote", f"last step ({plan.steps[step]:.0%}) passed", failures)
+    if step >= plan.last_step:  # beyond it only in a state written under a longer plan (the controller adopts)
+        return Decision("promote", f"last step ({plan.steps[plan.last_step]:.0%}) passed", failures)
     return Decision("promote_step", f"step {step} ({plan.steps[step]:.0%}) passed", failures)

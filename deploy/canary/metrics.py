@@ -12,13 +12,16 @@ URLs, or ``dns+`` names standing for every pod of a headless Service; combined o
 :class:`GatewayCounters`): a version's attempts are ``flywheel_requests_total`` plus
 ``flywheel_canary_fallbacks_total`` (a failed canary call is retried on stable and counted there),
 its failures ``flywheel_errors_total``. Counters are cumulative per process, so the controller keeps
-a baseline per step and uses the difference (a counter below its baseline means the process restarted:
-the current value is then the difference). The store records served answers only, never failed calls,
-so without gateway URLs the error rate is ``unavailable`` and not judged.
+a baseline per step and uses the difference (a version's attempts or errors below their baseline mean
+the counting restarted: both are then taken as they are now, never one reset and one not). The store
+records served answers only, never failed calls, so without gateway URLs the error rate is
+``unavailable`` and not judged. A page that cannot be read, or is not Prometheus text (a URL missing
+``/metrics`` answers HTML), counts as unreadable for that read; the others are still used.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -34,6 +37,7 @@ from feedback.store_models import FeedbackRow, InteractionRow
 from flywheel.db import session_factory
 from policies.registry_models import aware
 
+log = logging.getLogger(__name__)
 Counters = dict[str, list[float]]  # version -> [attempts, errors]
 
 
@@ -150,7 +154,6 @@ class StoreMetrics:
             attempts=counters[0] if counters else None, errors=counters[1] if counters else None,
         )
 
-
     def rating_series(self, since: datetime, bucket_s: float, until: datetime) -> dict[str, list[RatingBucket]]:
         """Ratings per version in buckets of ``bucket_s`` seconds from ``since`` (the first bucket's
         start) to ``until``; only buckets holding a rating are returned, oldest first."""
@@ -191,6 +194,7 @@ class GatewayCounters:
         self.timeout_s = timeout_s
         self._last: dict[str, Counters] = {}  # per target URL: its counters at the last read
         self._totals: Counters = {}
+        self.unreadable: dict[str, str] = {}  # target URL -> why it could not be read, at the last read
 
     @property
     def enabled(self) -> bool:
@@ -201,6 +205,7 @@ class GatewayCounters:
         if not self.urls:
             return None
         read_any = False
+        self.unreadable = {}
         for target in expand(self.urls):
             current = self._scrape(target)
             if current is None:
@@ -218,28 +223,38 @@ class GatewayCounters:
         return {version: list(values) for version, values in self._totals.items()}
 
     def _scrape(self, url: str) -> Counters | None:
+        """One target's counters; None (and a warning naming the URL) when it cannot be read or parsed."""
         totals: Counters = {}
         try:
             text = httpx.get(url, timeout=self.timeout_s).raise_for_status().text
-        except httpx.HTTPError:
-            return None
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                slot = {"flywheel_requests_total": 0, "flywheel_canary_fallbacks_total": 0,
-                        "flywheel_errors_total": 1}.get(sample.name)  # fmt: skip
-                version = sample.labels.get("policy_version")
-                if slot is not None and version:
-                    totals.setdefault(version, [0.0, 0.0])[slot] += sample.value
+            for family in text_string_to_metric_families(text):  # lazy: parse errors surface while iterating
+                for sample in family.samples:
+                    slot = {"flywheel_requests_total": 0, "flywheel_canary_fallbacks_total": 0,
+                            "flywheel_errors_total": 1}.get(sample.name)  # fmt: skip
+                    version = sample.labels.get("policy_version")
+                    if slot is not None and version:
+                        totals.setdefault(version, [0.0, 0.0])[slot] += sample.value
+        except httpx.HTTPError as exc:
+            return self._unreadable(url, f"{type(exc).__name__}: {exc}")
+        except (ValueError, TypeError, IndexError, KeyError) as exc:  # the parser's errors on non-Prometheus text
+            return self._unreadable(url, f"not Prometheus text ({exc})"[:200])
         return totals
+
+    def _unreadable(self, url: str, why: str) -> None:
+        self.unreadable[url] = why
+        log.warning("gateway metrics %s unreadable: %s", url, why)
+        return None
 
 
 def since_baseline(current: Counters | None, baseline: Counters, version_id: str) -> tuple[int, int] | None:
-    """Attempts and errors of one version since the baseline (a reset counter restarts from 0)."""
+    """Attempts and errors of one version since the baseline. The two are one count of one version, so a
+    reset is decided for the pair: if either is below its baseline, both restarted and count from 0
+    (deciding per counter would pair errors since a restart with attempts since the baseline)."""
     if current is None:
         return None
     now = current.get(version_id, [0.0, 0.0])
     base = baseline.get(version_id, [0.0, 0.0])
-    attempts = now[0] - base[0] if now[0] >= base[0] else now[0]
-    errors = now[1] - base[1] if now[1] >= base[1] else now[1]
+    reset = now[0] < base[0] or now[1] < base[1]
+    attempts, errors = (now[0], now[1]) if reset else (now[0] - base[0], now[1] - base[1])
     attempts_i = round(max(attempts, errors))
     return attempts_i, round(min(errors, attempts_i))

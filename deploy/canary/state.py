@@ -1,9 +1,9 @@
 """A canary's rollout state, kept in its version's metrics JSON so that every process sees it.
 
 Two keys, written by different parties so that neither overwrites the other (the registry merges
-top-level keys inside its lock): ``canary`` (the controller's: step, timers, failures, counter
-baselines) and ``canary_paused`` (the operator's, through the API). ``canary_analysis`` holds the
-latest analysis for display.
+top-level keys inside its lock): ``canary`` (the controller's: step, the weight it runs at, timers,
+failures, counter baselines) and ``canary_paused`` (the operator's, through the API).
+``canary_analysis`` holds the latest analysis for display.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from datetime import datetime
 from typing import Any
 
 from deploy.canary.metrics import Counters
+from policies.registry import CANARY_PAUSED_KEY
 from policies.registry_models import Version, aware
 
 STATE_KEY = "canary"
-PAUSED_KEY = "canary_paused"
+PAUSED_KEY = CANARY_PAUSED_KEY  # the registry checks it too (``Expected.paused``)
 ANALYSIS_KEY = "canary_analysis"
 
 
@@ -31,6 +32,10 @@ class CanaryState:
     failed_evidence: int = -1  # evidence count at the last counted failure (count each evidence once)
     needs_operator: bool = False
     baseline: Counters = field(default_factory=dict)  # gateway counters when the step started
+    # the weight this step runs at: the plan's, or an operator's off-plan weight adopted as this step
+    # (None in states written before it was kept: the plan's step weight)
+    weight: float | None = None
+    rollout_baseline: Counters | None = None  # gateway counters when the rollout started (None: unknown)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -50,13 +55,19 @@ class CanaryState:
             failures=int(raw.get("failures", 0)),
             failed_evidence=int(raw.get("failed_evidence", -1)),
             needs_operator=bool(raw.get("needs_operator", False)),
-            baseline={k: list(v) for k, v in (raw.get("baseline") or {}).items()},
+            baseline=_counters(raw.get("baseline")) or {},
+            weight=float(raw["weight"]) if raw.get("weight") is not None else None,
+            rollout_baseline=_counters(raw.get("rollout_baseline")),
         )
 
-    def next_step(self, now: datetime, baseline: Counters) -> CanaryState:
-        """The state at the start of the following step (a fresh window)."""
+    def next_step(self, now: datetime, baseline: Counters, weight: float | None = None) -> CanaryState:
+        """The state at the start of the following step (a fresh window) running at ``weight``."""
         return replace(self, step=self.step + 1, step_started_at=now, failed_evidence=-1,
-                       needs_operator=False, baseline=baseline)  # fmt: skip
+                       needs_operator=False, baseline=baseline, weight=weight)  # fmt: skip
+
+
+def _counters(raw: Any) -> Counters | None:
+    return {k: [float(x) for x in v] for k, v in raw.items()} if isinstance(raw, dict) else None
 
 
 def is_paused(version: Version) -> bool:

@@ -2,7 +2,10 @@
 
 Pause and resume write ``canary_paused`` into the version's metrics (the controller, in another
 process, reads it on its next tick) and are audited with the analysis at that moment. Force-promote
-and abort go through AdminService, so adapters are handled exactly as for ``/admin/policies``.
+and abort go through AdminService, so adapters are handled exactly as for ``/admin/policies``, with
+"still a canary" as a precondition checked inside the registry's transaction: the status check at the
+start of the request alone would let a canary aborted meanwhile (by the controller or another
+operator) be promoted from ``rolled_back``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from deploy.canary.state import PAUSED_KEY
 from gateway.admin.canary_protocol import CanaryActionOut
 from gateway.admin.service import AdminService, _api_error
 from gateway.errors import Conflict
-from policies.registry import RegistryError
+from policies.registry import Expected, RegistryError
 from policies.registry_models import Version
 
 
@@ -63,11 +66,13 @@ class CanaryService:
     async def promote(self, version_id: str, actor: str, reason: str | None) -> CanaryActionOut:
         await self._canary(version_id)
         details = {"canary_action": "force_promote", **await self._numbers(version_id)}
-        version = await self.admin.promote(version_id, actor, reason or "canary: forced by an operator", details)
+        version = await self.admin.promote(version_id, actor, reason or "canary: forced by an operator", details,
+                                           expected=Expected(status="canary"))  # fmt: skip
         return self._out("promote", version)
 
     async def abort(self, version_id: str, actor: str, reason: str | None) -> CanaryActionOut:
         await self._canary(version_id)
         details = {"canary_action": "abort", **await self._numbers(version_id)}
-        version = await self.admin.rollback(version_id, actor, reason or "canary: aborted by an operator", details)
+        version = await self.admin.rollback(version_id, actor, reason or "canary: aborted by an operator", details,
+                                            expected=Expected(status="canary"))  # fmt: skip
         return self._out("abort", version)

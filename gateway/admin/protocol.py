@@ -7,7 +7,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.registry_models import AuditEntry, Version
+from policies.registry import Expected
+from policies.registry_models import AuditEntry, Status, Version
+
+
+class Precondition(BaseModel):
+    """Optional ``expected_*`` fields of a change: what the caller saw when it decided. The registry checks
+    them inside the change's transaction and answers 409 ``precondition_failed`` if the version has
+    changed since (e.g. an operator aborted or paused the canary while the controller was deciding)."""
+
+    expected_status: Status | None = Field(None, description="refuse unless the version still has this status")
+    expected_weight: float | None = Field(None, ge=0.0, le=1.0, description="refuse unless it still has this weight")
+    expected_paused: bool | None = Field(None, description="refuse unless its canary is (not) paused")
+
+    def expected(self) -> Expected | None:
+        exp = Expected(self.expected_status, self.expected_weight, self.expected_paused)
+        return exp if exp.to_dict() else None
 
 
 class RegisterRequest(BaseModel):
@@ -25,7 +40,7 @@ class RegisterRequest(BaseModel):
     )
 
 
-class WeightRequest(BaseModel):
+class WeightRequest(Precondition):
     """``POST /admin/policies/{id}/weight``: share of traffic for a canary, 0..1."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -44,7 +59,7 @@ class ServingRequest(BaseModel):
     reason: str | None = None
 
 
-class ActionRequest(BaseModel):
+class ActionRequest(Precondition):
     """Optional body of promote / rollback / retire: why, for the audit log."""
 
     model_config = ConfigDict(extra="forbid")

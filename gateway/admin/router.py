@@ -38,7 +38,8 @@ def build_admin_router(service: AdminService, settings: Settings) -> APIRouter:
 
     @router.post("/policies/{version_id}/weight")
     async def set_weight(version_id: str, body: WeightRequest, who: Principal = operator) -> VersionOut:
-        return VersionOut.of(await service.set_weight(version_id, body.weight, who.actor, body.reason, body.details))
+        return VersionOut.of(await service.set_weight(version_id, body.weight, who.actor, body.reason, body.details,
+                                                      expected=body.expected()))
 
     @router.post("/policies/{version_id}/serving")
     async def set_serving(version_id: str, body: ServingRequest, who: Principal = operator) -> VersionOut:
@@ -49,7 +50,8 @@ def build_admin_router(service: AdminService, settings: Settings) -> APIRouter:
         version_id: str, body: ActionRequest | None = None, who: Principal = operator
     ) -> VersionOut:
         return VersionOut.of(
-            await service.promote(version_id, who.actor, body.reason if body else None, body.details if body else None)
+            await service.promote(version_id, who.actor, body.reason if body else None, body.details if body else None,
+                                 expected=body.expected() if body else None)
         )
 
     @router.post("/policies/{version_id}/rollback")
@@ -57,7 +59,8 @@ def build_admin_router(service: AdminService, settings: Settings) -> APIRouter:
         version_id: str, body: ActionRequest | None = None, who: Principal = operator
     ) -> VersionOut:
         return VersionOut.of(
-            await service.rollback(version_id, who.actor, body.reason if body else None, body.details if body else None)
+            await service.rollback(version_id, who.actor, body.reason if body else None, body.details if body else None,
+                                 expected=body.expected() if body else None)
         )
 
     @router.post("/policies/{version_id}/retire")
@@ -65,7 +68,8 @@ def build_admin_router(service: AdminService, settings: Settings) -> APIRouter:
         version_id: str, body: ActionRequest | None = None, who: Principal = operator
     ) -> VersionOut:
         return VersionOut.of(
-            await service.retire(version_id, who.actor, body.reason if body else None, body.details if body else None)
+            await service.retire(version_id, who.actor, body.reason if body else None, body.details if body else None,
+                                 expected=body.expected() if body else None)
         )
 
     @router.get("/audit")

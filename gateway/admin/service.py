@@ -19,9 +19,11 @@ from typing import Any, Protocol, TypeVar
 from gateway.errors import APIError, BadRequest, Conflict, NotFound, ServiceUnavailable
 from policies.errors import AdapterAlreadyLoaded, AdapterCapacityError, AdapterNotFound
 from policies.registry import (
+    Expected,
     InvalidArtifact,
     InvalidTransition,
     PolicyRegistry,
+    PreconditionFailed,
     RegistryError,
     VersionNotFound,
     WeightError,
@@ -51,6 +53,8 @@ class AdapterLoadFailed(APIError):
 def _api_error(exc: RegistryError) -> APIError:
     if isinstance(exc, VersionNotFound):
         return NotFound(str(exc), code="version_not_found")
+    if isinstance(exc, PreconditionFailed):
+        return Conflict(str(exc), code="precondition_failed")
     if isinstance(exc, InvalidTransition):
         return Conflict(str(exc), code="invalid_transition")
     if isinstance(exc, WeightError):
@@ -134,10 +138,11 @@ class AdminService:
 
     async def set_weight(
         self, version_id: str, weight: float, actor: str, reason: str | None = None,
-        details: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None, *, expected: Expected | None = None,
     ) -> Version:
         async with self._lock:
-            version = await self._db(self.registry.set_weight, version_id, weight, actor, _reason(reason, details))
+            version = await self._db(self.registry.set_weight, version_id, weight, actor, _reason(reason, details),
+                                     expected=expected)  # fmt: skip
             self._changed()
             return version
 
@@ -150,11 +155,19 @@ class AdminService:
             return version
 
     async def promote(
-        self, version_id: str, actor: str, reason: str | None = None, details: dict[str, Any] | None = None
+        self, version_id: str, actor: str, reason: str | None = None, details: dict[str, Any] | None = None,
+        *, expected: Expected | None = None,
     ) -> Version:
-        """Make ``version_id`` the stable (reloading its adapter if it had been unloaded)."""
+        """Make ``version_id`` the stable (reloading its adapter if it had been unloaded). ``expected`` is
+        checked inside the registry's transaction; its status also here, so that a refused promote of a
+        rolled-back version does not load its adapter first."""
         async with self._lock:
             target = await self._db(self.registry.get, version_id)
+            if expected is not None and expected.status is not None:
+                try:
+                    Expected(status=expected.status).check(target.id, target.status, target.weight, target.metrics)
+                except RegistryError as exc:
+                    raise _api_error(exc) from None
             versions = await self._db(self.registry.list)
             old = next((v for v in versions if v.status == "stable"), None)
             loaded_here = False
@@ -165,7 +178,8 @@ class AdminService:
                 await self._load(target)
                 loaded_here = True
             try:
-                promoted = await self._db(self.registry.promote, version_id, actor, _reason(reason, details))
+                promoted = await self._db(self.registry.promote, version_id, actor, _reason(reason, details),
+                                          expected=expected)  # fmt: skip
             except APIError:
                 if loaded_here:
                     self._schedule_unload(target.id, target.served_model_name, grace_s=0.0)
@@ -176,22 +190,24 @@ class AdminService:
             return promoted
 
     async def rollback(
-        self, version_id: str, actor: str, reason: str | None = None, details: dict[str, Any] | None = None
+        self, version_id: str, actor: str, reason: str | None = None, details: dict[str, Any] | None = None,
+        *, expected: Expected | None = None,
     ) -> Version:
-        return await self._end(self.registry.rollback, version_id, actor, reason, details)
+        return await self._end(self.registry.rollback, version_id, actor, reason, details, expected)
 
     async def retire(
-        self, version_id: str, actor: str, reason: str | None = None, details: dict[str, Any] | None = None
+        self, version_id: str, actor: str, reason: str | None = None, details: dict[str, Any] | None = None,
+        *, expected: Expected | None = None,
     ) -> Version:
-        return await self._end(self.registry.retire, version_id, actor, reason, details)
+        return await self._end(self.registry.retire, version_id, actor, reason, details, expected)
 
     async def _end(
         self, change: Callable[..., Version], version_id: str, actor: str, reason: str | None,
-        details: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None, expected: Expected | None = None,
     ) -> Version:
         async with self._lock:
             before = await self._db(self.registry.get, version_id)
-            version = await self._db(change, version_id, actor, _reason(reason, details))
+            version = await self._db(change, version_id, actor, _reason(reason, details), expected=expected)
             if version.kind == "lora" and before.active:
                 self._schedule_unload(version.id, version.served_model_name)
             self._changed()
