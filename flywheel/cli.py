@@ -79,10 +79,9 @@ def user_error_message(exc: BaseException) -> str | None:
         from sqlalchemy import exc as sa_exc
 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if isinstance(exc, sa_exc.OperationalError):
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
             return f"database unreachable: {first}"
-        if isinstance(exc, sa_exc.DBAPIError):
-            return f"database error: {first}"
+        # Other DBAPIErrors (IntegrityError, ProgrammingError…) are usually bugs: their traceback stays.
         if isinstance(exc, sa_exc.ArgumentError):  # a malformed URL or an unknown dialect
             return f"bad database URL: {first}"
     for module_name, class_name in _USER_ERRORS:

@@ -213,6 +213,10 @@ class Settings(BaseSettings):
     safety_classifier_path: Path | None = Field(None, description="unset = var/safety/classifier")
     safety_classifier_threshold: float | None = Field(None, description="unset = the threshold saved at training")
     safety_classifier_required: bool = Field(False, description="fail at start-up when the classifier is missing")
+    safety_system_prompt: str | None = Field(
+        None, description="confidential instruction text no answer may reproduce (system_prompt_leak); e.g. the "
+        "system prompt your apps send. Unset: that filter allows every answer",
+    )
     safety_system_prompt_ngram: int = 8
     safety_holdback_chars: int = Field(96, description="streaming: chars held back until checked")
     safety_refusal_message: str = "Sorry, I can't help with that request."

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,6 +53,9 @@ class InteractionFacts:
     latency_ms: float | None = None
     trace_id: str | None = None
     user: str | None = None
+    # Work that must not run on the event loop, done by the recorder's thread before recording: returns the
+    # (candidates, chosen_index, rewards) to record instead (best-of-n output checks of unseen candidates).
+    screen: Callable[[], tuple[list[str], int, list[float] | None]] | None = None
 
     def text_chars(self) -> int:
         """How much text recording this interaction redacts."""
@@ -68,8 +72,9 @@ class InteractionRecorder:
         self.recorded = 0
 
     def submit(self, facts: InteractionFacts) -> None:
-        """Record ``facts`` soon, never now: on the caller's event loop if small, else in the thread."""
-        if facts.text_chars() <= LOOP_MAX_CHARS:
+        """Record ``facts`` soon, never now: on the caller's event loop if small (and nothing to screen),
+        else in the thread."""
+        if facts.screen is None and facts.text_chars() <= LOOP_MAX_CHARS:
             try:
                 asyncio.get_running_loop().call_soon(self._record, facts)
                 return
@@ -89,6 +94,8 @@ class InteractionRecorder:
 
     def _record(self, facts: InteractionFacts) -> None:
         try:
+            if facts.screen is not None:
+                facts.candidates, facts.chosen_index, facts.rewards = facts.screen()
             rewards = facts.rewards or [None] * len(facts.candidates)  # type: ignore[list-item]
             event = Interaction(
                 response_id=facts.response_id,

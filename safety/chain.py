@@ -92,7 +92,7 @@ class SafetyChain:
             input_filters=[by_name[n] for n in settings.safety_input_filters if n != "classifier"],
             output_filters=[by_name[n] for n in settings.safety_output_filters],
             classifier_filters=classifier_filters,
-            system_prompt=system_prompt,
+            system_prompt=system_prompt if system_prompt is not None else settings.safety_system_prompt,
             refusal_message=settings.safety_refusal_message,
             holdback_chars=settings.safety_holdback_chars,
         )

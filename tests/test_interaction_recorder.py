@@ -79,3 +79,29 @@ def test_text_chars_counts_messages_parts_and_candidates() -> None:
         {"role": "assistant", "content": None},
     ])  # fmt: skip
     assert parts.text_chars() == 6 + 5
+
+
+def test_screening_work_runs_in_the_recorder_thread_and_decides_what_is_recorded() -> None:
+    """Best-of-n candidates the user did not see are checked off the event loop, before recording."""
+    sink = Sink()
+    recorder = InteractionRecorder(sink, user_salt="salt")
+    screened_on: list[str] = []
+
+    def screen() -> tuple[list[str], int, list[float] | None]:
+        screened_on.append(threading.current_thread().name)
+        return ["Kept answer."], 0, [0.9]
+
+    small = InteractionFacts(response_id="resp-s", policy_version="seed", messages=[{"role": "user", "content": "Hi"}],
+                             candidates=["Kept answer.", "Leaky answer."], chosen_index=0, rewards=[0.9, 0.1],
+                             screen=screen)  # fmt: skip
+
+    async def serve() -> None:
+        recorder.submit(small)
+        await asyncio.sleep(0)
+
+    asyncio.run(serve())
+    wait_for(sink, 1)
+    ((thread, event),) = sink.events
+    assert thread == screened_on[0] == "interaction-recorder"
+    assert [c.text for c in event.candidates] == ["Kept answer."] and event.candidates[0].reward == 0.9
+    recorder.close()

@@ -77,9 +77,12 @@ def test_rerunning_reuses_the_registered_version(version_dir: Path) -> None:
     gateway = FakeGateway()
     first = _register(version_dir, gateway)
     assert first["id"] == "v1" and first["weight"] == 0.1 and not first.get("reused")
+    gateway.versions[0]["weight"] = 0.5  # the controller has stepped the canary on since
     again = _register(version_dir, gateway, weight=0.2)
-    assert again["id"] == "v1" and again["reused"] and again["weight"] == 0.2
+    assert again["id"] == "v1" and again["reused"] and again["weight"] == 0.5  # a rerun leaves it there
     assert gateway.registrations == 1 and len(gateway.active()) == 1
+    gateway.versions[0]["weight"] = 0.0  # left at 0 (the weight call failed last time): the rerun sets it
+    assert _register(version_dir, gateway, weight=0.2)["weight"] == 0.2
     assert json.loads((version_dir / REGISTRATION).read_text())["version"]["id"] == "v1"
 
 

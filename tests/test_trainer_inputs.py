@@ -139,6 +139,14 @@ def test_check_resume_compares_knobs_and_data(tmp_path: Path) -> None:
         check_resume(out, DPOConfig(lora_r=4), "a" * 64)
     with pytest.raises(ResumeMismatch, match="merge false -> true"):
         check_resume(out, DPOConfig(merge=True), "a" * 64)
+    # Paths are compared as files, not spellings; the data by its hash only.
+    check_resume(out, DPOConfig(data=Path("./elsewhere/../prefs.jsonl"), heldout=None), "a" * 64)
+    other = tmp_path / "run2"
+    other.mkdir()
+    record_inputs(other, DPOConfig(heldout=Path("held.jsonl")), "a" * 64)
+    check_resume(other, DPOConfig(heldout=Path("./held.jsonl")), "a" * 64)
+    with pytest.raises(ResumeMismatch, match="heldout"):
+        check_resume(other, DPOConfig(heldout=Path("other-held.jsonl")), "a" * 64)
 
 
 def test_dpo_refuses_to_resume_a_named_run_with_other_data_or_knobs(tmp_path: Path) -> None:

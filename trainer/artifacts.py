@@ -164,8 +164,10 @@ def register_canary(directory: Path, weight: float, url: str, key: str, endpoint
             data = listed.json()
             versions = data.get("data") if isinstance(data, dict) else None
             version = _registered(versions or [], directory, manifest["kind"], sha, endpoint)
-            if version is not None and version.get("status") == "stable":
-                return _record(directory, url, {**version, "reused": True})  # already serving all traffic
+            if version is not None and (version.get("status") == "stable" or version.get("weight", 0) > 0):
+                # already serving (stable, or a canary the controller or an operator has weighted since):
+                # a rerun must not move its weight back
+                return _record(directory, url, {**version, "reused": True})
             reused = version is not None
             if version is None:
                 created = http.post("/admin/policies", json=body)

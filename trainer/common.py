@@ -69,8 +69,13 @@ def naming_knobs(config: Any) -> dict[str, Any]:
     return knobs
 
 
+_CONTENT_CHECKED = ("data", "prompts")  # compared by their sha256, not by how their path was spelled
+_PATHS = ("heldout", "policy", "reward_model", "base_model")  # compared resolved: ./x and x are one file
+
+
 def _compared(knobs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in knobs.items() if k not in RUN_ONLY and k not in _NOT_COMPARED}
+    out = {k: v for k, v in knobs.items() if k not in RUN_ONLY and k not in _NOT_COMPARED and k not in _CONTENT_CHECKED}
+    return {k: str(Path(v).resolve()) if k in _PATHS and isinstance(v, str) else v for k, v in out.items()}
 
 
 def _read_json(path: Path) -> Any:

@@ -243,8 +243,8 @@ class AdminService:
             await asyncio.sleep(retry_s)
             try:
                 failures = await self.restore_adapters()
-            except APIError as err:  # the registry itself is unreachable: try again next round
-                failures = {"registry": err.message}
+            except Exception as exc:  # noqa: BLE001 - the registry unreachable (a database blip): next round
+                failures = {"registry": getattr(exc, "message", None) or str(exc).splitlines()[0]}
             if not failures:
                 log.info("every active LoRA adapter is loaded in vLLM again")
                 return

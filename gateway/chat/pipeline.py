@@ -14,8 +14,7 @@ from typing import Any, Protocol
 
 from gateway.chat.protocol import ChatCompletionRequest
 from gateway.grounding.stage import Citation, GroundingStage
-from safety.chain import SafetyChain, message_text
-from safety.filters.base import CheckContext
+from safety.chain import SafetyChain
 from safety.streaming import StreamGuard
 from safety.verdict import ChainResult
 
@@ -31,9 +30,6 @@ class Prepared:
     messages: list[dict[str, Any]]
     citations: list[Citation] = field(default_factory=list)
     input_safety: ChainResult | None = None
-    # The request's own instruction text (its system and developer messages, before grounding added sources): output
-    # that echoes it is blocked by the output chain's ``system_prompt_leak`` filter.
-    system_prompt: str | None = None
 
     @property
     def blocked(self) -> bool:
@@ -95,13 +91,11 @@ class RequestPipeline:
         checked = self.safety.check_input(messages)
         if checked.blocked:
             return Prepared(messages, input_safety=checked)
-        instructions = [message_text(m) for m in messages if m.get("role") in ("system", "developer")]
-        system = "\n".join(instructions).strip() or None
         outgoing = checked.messages if checked.messages is not None else messages
         if not ground:
-            return Prepared(outgoing, input_safety=checked, system_prompt=system)
+            return Prepared(outgoing, input_safety=checked)
         grounded = self.grounding.ground(outgoing)  # type: ignore[union-attr]
-        return Prepared(grounded.messages, grounded.citations, checked, system)
+        return Prepared(grounded.messages, grounded.citations, checked)
 
     # --- after the policy -------------------------------------------------------------------
     async def choose(self, prompt: list[dict[str, Any]], candidates: list[str]) -> Choice:
@@ -112,15 +106,11 @@ class RequestPipeline:
         best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
         return Choice(best, [float(r) for r in rewards])
 
-    def check_output(self, text: str, prepared: Prepared) -> ChainResult:
-        """The output chain on one answer to ``prepared`` (its instruction text is what must not leak)."""
-        return self.safety.check_output(text, self._context(prepared))
+    def check_output(self, text: str) -> ChainResult:
+        return self.safety.check_output(text)
 
-    def stream_guard(self, prepared: Prepared) -> StreamGuard:
-        return StreamGuard(self.safety, context=self._context(prepared))
-
-    def _context(self, prepared: Prepared) -> CheckContext:
-        return CheckContext(system_prompt=prepared.system_prompt or self.safety.system_prompt)
+    def stream_guard(self) -> StreamGuard:
+        return StreamGuard(self.safety)
 
 
 def safety_report(prepared: Prepared, outputs: list[ChainResult]) -> dict[str, Any]:

@@ -63,26 +63,19 @@ class ChatCompletionRequest(BaseModel):
     grounding: bool | None = Field(None, description="false: answer without retrieved sources")
 
     def upstream_body(
-        self,
-        served_model_name: str,
-        messages: list[dict[str, Any]],
-        *,
-        max_tokens_cap: int,
-        n: int | None = None,
-        stream: bool | None = None,
+        self, served_model_name: str, messages: list[dict[str, Any]], *, n: int | None = None, stream: bool | None = None
     ) -> dict[str, Any]:
         """The body vLLM receives: OpenAI fields only, the stage-processed messages, our model name.
 
-        A request that names no output limit gets ``max_tokens_cap``: vLLM's own default is the rest of
-        the context window (times ``n``), which the cap exists to bound; vLLM clips it to the context."""
+        A request that names no output limit is left to vLLM's default, the context left after the prompt
+        (bounded by the server's ``--max-model-len``): sending ``max_tokens_cap`` instead would be refused
+        by vLLM 0.32 whenever the cap exceeds a server's context length (2048 against our 1024)."""
         body = self.model_dump(
             exclude_none=True,
             exclude={"model", "user", "stream_options", "messages", "best_of_n", "grounding", "stream"},
         )
         body["model"] = served_model_name
         body["messages"] = messages
-        if self.max_tokens is None and self.max_completion_tokens is None:
-            body["max_tokens"] = max_tokens_cap
         if n is not None:
             body["n"] = n
         body["stream"] = self.stream if stream is None else stream

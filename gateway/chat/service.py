@@ -125,7 +125,7 @@ class ChatService:
     ) -> Callable[[RouteEntry], dict[str, Any]]:
         """The upstream body for whichever version an attempt goes to (a canary, or stable on fallback)."""
         return lambda entry: req.upstream_body(
-            entry.served_model_name, prepared.messages, max_tokens_cap=self.max_tokens_cap, **options
+            entry.served_model_name, prepared.messages, **options
         )
 
     def route(self, model: str, sticky_key: str | None) -> tuple[RouteEntry, bool]:
@@ -198,7 +198,7 @@ class ChatService:
             chosen = dict(choices[choice.index], index=0)
             result["choices"] = [chosen]
         with self._stage("output_safety"):
-            outputs = [self._check_choice(c, prepared) for c in result.get("choices") or []]
+            outputs = [self._check_choice(c) for c in result.get("choices") or []]
         extra: dict[str, Any] = {"safety": safety_report(prepared, outputs)}
         if choice is not None:
             extra.update(reward=choice.rewards[choice.index] if choice.rewards else None,
@@ -213,9 +213,9 @@ class ChatService:
                      choice.rewards if choice else None, outputs, started, served=served)  # fmt: skip
         return result
 
-    def _check_choice(self, choice: dict[str, Any], prepared: Prepared) -> Any:
+    def _check_choice(self, choice: dict[str, Any]) -> Any:
         message = choice.get("message") or {}
-        checked = self.pipeline.check_output(message.get("content") or "", prepared)
+        checked = self.pipeline.check_output(message.get("content") or "")
         if checked.blocked:
             choice["message"] = {"role": "assistant", "content": self.pipeline.safety.refusal_message,
                                  "refusal": self.pipeline.safety.refusal_message}  # fmt: skip
@@ -258,8 +258,8 @@ class ChatService:
                 (upstream, first), target = await self.upstream.open_stream(
                     target, pinned, self._body_for(req, prepared)
                 )
-                body = relay(upstream, first, state, lambda: self.pipeline.stream_guard(prepared),
-                             self.pipeline.safety.refusal_message, req.n)  # fmt: skip
+                body = relay(upstream, first, state, self.pipeline.stream_guard, self.pipeline.safety.refusal_message,
+                             req.n)  # fmt: skip
                 body = self._closing(body, upstream)
         except BaseException:
             self._release()
@@ -285,7 +285,7 @@ class ChatService:
         texts = [(c.get("message") or {}).get("content") or "" for c in choices]
         choice = await self.pipeline.choose(prepared.messages, texts)
         winner = dict(choices[choice.index], index=0)
-        checked = self._check_choice(winner, prepared)
+        checked = self._check_choice(winner)
         state.outputs[0] = checked
         state.texts[0] = [(winner.get("message") or {}).get("content") or ""]
         state.completion_tokens = (result.get("usage") or {}).get("completion_tokens", 0)
@@ -358,16 +358,24 @@ class ChatService:
         ``served``: candidate index -> the output check of what the user got for it (gateway.chat.recordable)."""
         if self.recorder is None:
             return
-        kept = recordable_candidates(texts, chosen, rewards, served, lambda t: self.pipeline.check_output(t, prepared))
+
+        def screen() -> tuple[list[str], int, list[float] | None]:
+            kept = recordable_candidates(texts, chosen, rewards, served, self.pipeline.check_output)
+            return kept.texts, kept.chosen_index, kept.rewards
+
+        # Candidates the user did not see (best-of-n) need output checks: the recorder's thread runs them.
+        unseen = any(i not in served for i in range(len(texts))) and not any(r.blocked for r in served.values())
+        candidates, chosen_index, kept_rewards = (texts, chosen, rewards) if unseen else screen()
         ctx = trace.get_current_span().get_span_context()
         self.recorder.submit(InteractionFacts(
             response_id=response_id, policy_version=target.version_id,
             # what the policy saw (redacted input plus the grounding sources), so that preference
             # pairs train the policy on the prompts it actually answered
             messages=prepared.messages,
-            candidates=kept.texts, chosen_index=kept.chosen_index, rewards=kept.rewards,
+            candidates=candidates, chosen_index=chosen_index, rewards=kept_rewards,
             grounding_doc_ids=prepared.doc_ids,
             safety=[r.to_dict() for r in [prepared.input_safety, *outputs] if r is not None],
             latency_ms=(time.perf_counter() - started) * 1000,
             trace_id=format(ctx.trace_id, "032x") if ctx.is_valid else None, user=req.user,
+            screen=screen if unseen else None,
         ))  # fmt: skip
