@@ -91,9 +91,10 @@ def build_shared_files(settings: Settings) -> None:
 
         Retriever.from_settings(settings, encoder=encoder)
     if settings.max_best_of_n > 1:
-        from policies.reward import load_active_scorer
+        from policies.reward import active_id, load_active_scorer
 
-        load_active_scorer(settings, encoder)
+        if active_id(settings) is None:  # only the first start builds (and activates) the initial head
+            load_active_scorer(settings, encoder)
 
 
 def warn_stranded_spools(settings: Settings) -> None:
