@@ -92,8 +92,11 @@ def test_a_canary_published_through_one_gateway_is_served_by_every_replica(  # t
         assert name in adapters_on(first.url), "the registering gateway's replica loads it at once"
         assert name not in adapters_on(second.url), "the other replica was sent no load call"
 
-        # The second gateway sends this version's traffic to the second replica, which resolves it.
+        # The second gateway sends this version's traffic to the second replica, which resolves it (once its
+        # routing table, re-read every FLYWHEEL_REGISTRY_CACHE_S, has the version).
         with httpx.Client(base_url=via_b.url, headers={"Authorization": f"Bearer {via_b.api_key}"}, timeout=60) as http:
+            wait_until(lambda: version["id"] in {m["id"] for m in http.get("/v1/models").json()["data"]}, 15,
+                       "the second gateway to read the new version from the registry")
             body = {"model": version["id"], "messages": ASK, "max_tokens": 16, "temperature": 0, "grounding": False}
             resp = http.post("/v1/chat/completions", json=body)
         assert resp.status_code == 200, resp.text
