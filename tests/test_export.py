@@ -4,7 +4,6 @@ and files that TRL 1.16's DPOTrainer and RewardTrainer prepare as they are."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
