@@ -22,7 +22,7 @@ from flywheel.commands import bench, canary, consume, export, kb, loop, policy, 
 # matched only when their module is already imported, so the boundary imports nothing heavy itself.
 _USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("policies.seed.build", "SeedBuildError"),
-    ("policies.registry", "ArtifactChanged"),
+    ("policies.registry_errors", "ArtifactChanged"),
     ("deploy.broker", "BrokerBinaryMissingError"),
     ("deploy.launcher", "StackError"),
     ("deploy.canary.plan", "PlanError"),

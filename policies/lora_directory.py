@@ -34,7 +34,8 @@ import uuid
 from pathlib import Path
 
 from policies.errors import AdapterCapacityError, AdapterNotFound, PolicyHTTPError
-from policies.registry import InvalidArtifact, adapter_sha256_prefix, verify_artifact
+from policies.artifacts import adapter_sha256_prefix, verify_artifact
+from policies.registry_errors import InvalidArtifact
 from policies.vllm_client import PolicyClient
 
 __all__ = ["DirectoryAdapterLoader"]

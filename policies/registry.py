@@ -14,8 +14,6 @@ pause, another weight) refuses the stale action (``PreconditionFailed``) instead
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,8 +24,8 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from flywheel.checksums import sha256_file, tree_checksums
 from flywheel.db import Base, session_factory
+from policies.artifacts import adapter_name, artifact_sha256, changed_error, verify_artifact
 from policies.registry_models import (
     ACTIVE_STATUSES,
     REGISTRY_TABLES,
@@ -44,82 +42,19 @@ from policies.registry_models import (
     to_version,
     utcnow,
 )
+from policies.registry_errors import (
+    InvalidArtifact,
+    InvalidTransition,
+    NoStableVersion,
+    PreconditionFailed,
+    RegistryError,
+    VersionNotFound,
+    WeightError,
+)
 
 SEED_ID = "seed"
 _EPS = 1e-9
 CANARY_PAUSED_KEY = "canary_paused"  # in a version's metrics: an operator paused its canary rollout
-
-
-class RegistryError(Exception):
-    """Base of every error the registry raises on purpose."""
-
-
-class VersionNotFound(RegistryError):
-    """No version with that id (admin: 404)."""
-
-
-class InvalidTransition(RegistryError):
-    """The version's status does not allow that change (admin: 409)."""
-
-
-class PreconditionFailed(InvalidTransition):
-    """The version is no longer in the state the caller decided on (admin: 409 precondition_failed)."""
-
-
-class WeightError(RegistryError):
-    """A weight outside 0..1, or canary weights that would sum to more than 1 (admin: 400)."""
-
-
-class InvalidArtifact(RegistryError):
-    """The artifact path does not exist, or the request is inconsistent with the kind (admin: 400)."""
-
-
-class NoStableVersion(RegistryError):
-    """The registry is empty: nothing can be routed until the seed is registered."""
-
-
-class ArtifactChanged(InvalidArtifact):
-    """The artifact's bytes no longer hash to the sha256 recorded at registration: whatever is at the
-    path now is not the version that was registered, gated and audited, so it must not be served."""
-
-
-def artifact_sha256(path: Path) -> str:
-    """Content hash of a file, or of a directory (sorted relative paths + each file's hash)."""
-    if path.is_file():
-        return sha256_file(path)
-    if not path.is_dir():
-        raise InvalidArtifact(f"artifact path does not exist: {path}")
-    outer = hashlib.sha256()
-    for rel, digest in tree_checksums(path).items():
-        outer.update(f"{rel}\0{digest}\n".encode())
-    return outer.hexdigest()
-
-
-def verify_artifact(path: str | Path, expected_sha256: str, what: str = "artifact") -> str:
-    """Recompute the artifact's hash and refuse (``ArtifactChanged``) unless it matches ``expected_sha256``,
-    the full hash or a prefix of at least 12 hex digits (what an adapter name carries). Returns the hash.
-
-    Called before anything loads an artifact the registry recorded (an adapter into vLLM after a restart,
-    a retired version promoted again, the seed at start), since the path may have been rebuilt since.
-    """
-    expected = expected_sha256.lower()
-    if len(expected) < 12:
-        raise ValueError(f"need at least 12 hex digits of the expected sha256, got {expected_sha256!r}")
-    try:
-        actual = artifact_sha256(Path(path))
-    except OSError as exc:
-        raise InvalidArtifact(f"{what} at {path} cannot be read: {exc}") from None
-    if not actual.startswith(expected):
-        raise _changed(what, path, actual, expected)
-    return actual
-
-
-def _changed(what: str, path: str | Path, actual: str, expected: str,
-             fix: str = "restore the original files or register them as a new version") -> ArtifactChanged:
-    return ArtifactChanged(
-        f"{what} at {path} has changed since it was registered (sha256 {actual[:12]}..., registered "
-        f"{expected[:12]}...); refusing to load it: {fix}"
-    )
 
 
 def _check_seed(row: PolicyVersionRow, path: Path, sha: str) -> None:
@@ -129,18 +64,9 @@ def _check_seed(row: PolicyVersionRow, path: Path, sha: str) -> None:
     recorded = Path(row.artifact_path)
     actual = sha if recorded == path else artifact_sha256(recorded) if recorded.exists() else None
     if actual is not None and actual != row.artifact_sha256:
-        raise _changed("the registered seed model", recorded, actual, row.artifact_sha256,
+        raise changed_error("the registered seed model", recorded, actual, row.artifact_sha256,
                        "every LoRA version was trained on the old one; put the registered seed back "
                        "(same seed-model config) or start a new registry for the new seed")
-
-
-_ADAPTER_NAME = re.compile(r"flywheel-(?P<id>.+)-(?P<sha>[0-9a-f]{12})")
-
-
-def adapter_sha256_prefix(name: str) -> str | None:
-    """The 12-digit sha256 prefix an ``adapter_name`` carries; None for a name not made by it."""
-    match = _ADAPTER_NAME.fullmatch(name)
-    return match.group("sha") if match else None
 
 
 def _state(row: PolicyVersionRow) -> dict[str, Any]:
@@ -178,14 +104,6 @@ class Expected:
 def _expect(expected: Expected | None, row: PolicyVersionRow) -> None:
     if expected is not None:
         expected.check(row.id, row.status, row.weight, row.metrics)
-
-
-def adapter_name(version_id: str, artifact_sha256: str) -> str:
-    """The name a LoRA version is loaded under in vLLM: its id *and* its weights' hash. Ids restart at
-    v1 in a fresh registry while a long-lived vLLM keeps its adapters; with the id alone, a new v1 met
-    "already loaded" and silently served the old v1's weights (seen when test gateways with their own
-    databases shared one vLLM). The same artifact re-registered under the same id reuses its slot."""
-    return f"flywheel-{version_id}-{artifact_sha256[:12]}"
 
 
 class PolicyRegistry:

@@ -135,8 +135,8 @@ def _raise_for(resp: httpx.Response) -> NoReturn:
 def _check_artifact(name: str, path: str) -> None:
     """A registry-named adapter (``flywheel-<id>-<sha256[:12]>``) must still hash to the prefix in its
     name before vLLM reads it: after a restart or to promote a retired version again, the path may hold
-    rebuilt files that were never registered or gated (``policies.registry.ArtifactChanged``)."""
-    from policies.registry import adapter_sha256_prefix, verify_artifact
+    rebuilt files that were never registered or gated (``policies.registry_errors.ArtifactChanged``)."""
+    from policies.artifacts import adapter_sha256_prefix, verify_artifact
 
     prefix = adapter_sha256_prefix(name)
     if prefix is not None:

@@ -17,15 +17,9 @@ from sqlalchemy import Engine
 from flywheel.db import make_engine
 from policies.errors import PolicyHTTPError, PolicyUnavailable
 from policies.lora_directory import DirectoryAdapterLoader
-from policies.registry import (
-    ArtifactChanged,
-    InvalidArtifact,
-    PolicyRegistry,
-    adapter_name,
-    adapter_sha256_prefix,
-    artifact_sha256,
-    verify_artifact,
-)
+from policies.artifacts import adapter_name, adapter_sha256_prefix, artifact_sha256, verify_artifact
+from policies.registry import PolicyRegistry
+from policies.registry_errors import ArtifactChanged, InvalidArtifact
 from policies.vllm_client import PolicyClient
 
 

@@ -343,8 +343,12 @@ def test_an_adopted_weight_steps_on_to_the_next_plan_weight(tmp_path: Path, data
 
 
 # --- a decision must not act on a canary that changed after the analysis -------------------------------
-def _between_analysis_and_action(rig: Rig, monkeypatch: pytest.MonkeyPatch, operator_action: str, vid: str) -> None:
-    """Make the operator's ``operator_action`` (abort / pause) land after the tick's analysis, before its action."""
+def _tick_overtaken_by(rig: Rig, monkeypatch: pytest.MonkeyPatch, operator_action: str, vid: str) -> Any:
+    """Give ``vid`` evidence that passes its step, then tick with the operator's ``operator_action`` (abort /
+    pause) landing after the tick's analysis and before its action; returns the tick's result."""
+    rig.serve("seed", 200, 0.6)
+    rig.serve(vid, 60, 0.9, reward=0.8)
+    rig.clock.advance(70)
     analyzer = rig.controller.analyzer  # shared with the operator API, whose action analyses too
     original, fired = analyzer.reports, []
 
@@ -357,6 +361,8 @@ def _between_analysis_and_action(rig: Rig, monkeypatch: pytest.MonkeyPatch, oper
         return out
 
     monkeypatch.setattr(analyzer, "reports", reports)
+    [result] = rig.controller.tick()
+    return result
 
 
 def test_promote_after_an_operators_abort_is_refused(tmp_path: Path, database_url: str,
@@ -364,11 +370,7 @@ def test_promote_after_an_operators_abort_is_refused(tmp_path: Path, database_ur
     with make_rig(tmp_path, database_url, replace(PLAN, steps=(1.0,))) as rig:
         vid = rig.register("aborted")
         assert rig.tick(vid) == "start"
-        rig.serve("seed", 200, 0.6)
-        rig.serve(vid, 60, 0.9, reward=0.8)
-        rig.clock.advance(70)
-        _between_analysis_and_action(rig, monkeypatch, "abort", vid)
-        [result] = rig.controller.tick()
+        result = _tick_overtaken_by(rig, monkeypatch, "abort", vid)
         assert result.action == "error" and result.error is not None and "HTTP 409" in result.error, result
         assert "rolled_back" in result.error
         assert rig.version(vid)["status"] == "rolled_back" and rig.version("seed")["status"] == "stable"
@@ -378,11 +380,7 @@ def test_promote_after_an_operators_abort_is_refused(tmp_path: Path, database_ur
 def test_a_step_after_an_operators_pause_is_refused(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     vid = rig.register("paused-late")
     rig.tick(vid)
-    rig.serve("seed", 200, 0.6)
-    rig.serve(vid, 60, 0.9, reward=0.8)
-    rig.clock.advance(70)
-    _between_analysis_and_action(rig, monkeypatch, "pause", vid)
-    [result] = rig.controller.tick()
+    result = _tick_overtaken_by(rig, monkeypatch, "pause", vid)
     assert result.action == "error" and result.error is not None and "is paused" in result.error, result
     assert rig.version(vid)["weight"] == pytest.approx(0.1) and rig.version(vid)["status"] == "canary"
     monkeypatch.undo()

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from policies.registry import artifact_sha256
+from policies.artifacts import artifact_sha256
 from trainer.artifacts import REGISTRATION, RegistrationError, register_canary, write_manifest
 
 URL = "http://gateway.test"

@@ -12,17 +12,15 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from flywheel.db import make_engine
-from policies.registry import (
-    CANARY_PAUSED_KEY,
-    Expected,
+from policies.artifacts import artifact_sha256
+from policies.registry import CANARY_PAUSED_KEY, Expected, PolicyRegistry
+from policies.registry_errors import (
     InvalidArtifact,
     InvalidTransition,
     NoStableVersion,
-    PolicyRegistry,
     PreconditionFailed,
     VersionNotFound,
     WeightError,
-    artifact_sha256,
 )
 
 
@@ -235,7 +233,7 @@ def test_metrics_merge(registry: PolicyRegistry, artifacts: Callable[[str], Path
 def test_serving_defaults_reach_the_routing_table_and_the_audit_log(
     registry: PolicyRegistry, artifacts: Callable[[str], Path]
 ) -> None:
-    from policies.registry import RegistryError
+    from policies.registry_errors import RegistryError
 
     vid = registry.register("lora", artifacts("a")).id
     registry.update_metrics(vid, {"n": 3})

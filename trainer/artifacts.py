@@ -139,7 +139,8 @@ def register_canary(directory: Path, weight: float, url: str, key: str, endpoint
     registered here whose weight cannot be set is retired again, so no weight-0 canary is left behind.
     The returned version carries ``reused: true`` when nothing new was registered.
     """
-    from policies.registry import InvalidArtifact, artifact_sha256
+    from policies.artifacts import artifact_sha256
+    from policies.registry_errors import InvalidArtifact
 
     manifest = verify(directory)
     if not manifest.get("gates", {}).get("passed", False):

@@ -32,7 +32,8 @@ from deploy.canary.admin_client import AdminClient, AdminClientError
 from deploy.canary.live import UNREADABLE, CanaryAnalyzer, CanaryReport, evidence
 from deploy.canary.metrics import Counters
 from deploy.canary.state import ANALYSIS_KEY, STATE_KEY, CanaryState
-from policies.registry import Expected, RegistryError
+from policies.registry import Expected
+from policies.registry_errors import RegistryError
 
 log = logging.getLogger(__name__)
 ACTOR = "canary-controller"

@@ -18,7 +18,8 @@ from deploy.canary.state import PAUSED_KEY
 from gateway.admin.canary_protocol import CanaryActionOut
 from gateway.admin.service import AdminService, _api_error
 from gateway.errors import Conflict
-from policies.registry import Expected, RegistryError
+from policies.registry import Expected
+from policies.registry_errors import RegistryError
 from policies.registry_models import Version
 
 

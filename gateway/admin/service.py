@@ -18,11 +18,10 @@ from typing import Any, Protocol, TypeVar
 
 from gateway.errors import APIError, BadRequest, Conflict, NotFound, ServiceUnavailable
 from policies.errors import AdapterAlreadyLoaded, AdapterCapacityError, AdapterNotFound
-from policies.registry import (
-    Expected,
+from policies.registry import Expected, PolicyRegistry
+from policies.registry_errors import (
     InvalidArtifact,
     InvalidTransition,
-    PolicyRegistry,
     PreconditionFailed,
     RegistryError,
     VersionNotFound,

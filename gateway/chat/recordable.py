@@ -10,13 +10,12 @@ and a blocked one is left out, so that no pair can prefer it either.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from safety.verdict import ChainResult
 
 
-@dataclass(frozen=True)
-class Recordable:
+class Recordable(NamedTuple):
     """Candidates to record, the index of the served one among them, and their rewards (if scored)."""
 
     texts: list[str]

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any
 
 from opentelemetry import trace
@@ -124,9 +125,7 @@ class ChatService:
         self, req: ChatCompletionRequest, prepared: Prepared, **options: Any
     ) -> Callable[[RouteEntry], dict[str, Any]]:
         """The upstream body for whichever version an attempt goes to (a canary, or stable on fallback)."""
-        return lambda entry: req.upstream_body(
-            entry.served_model_name, prepared.messages, **options
-        )
+        return lambda entry: req.upstream_body(entry.served_model_name, prepared.messages, **options)
 
     def route(self, model: str, sticky_key: str | None) -> tuple[RouteEntry, bool]:
         """The version to answer with, and whether the client pinned it by name."""
@@ -359,12 +358,9 @@ class ChatService:
         if self.recorder is None:
             return
 
-        def screen() -> tuple[list[str], int, list[float] | None]:
-            kept = recordable_candidates(texts, chosen, rewards, served, self.pipeline.check_output)
-            return kept.texts, kept.chosen_index, kept.rewards
-
+        screen = partial(recordable_candidates, texts, chosen, rewards, served, self.pipeline.check_output)
         # Candidates the user did not see (best-of-n) need output checks: the recorder's thread runs them.
-        unseen = any(i not in served for i in range(len(texts))) and not any(r.blocked for r in served.values())
+        unseen = any(i not in served for i in range(len(texts)))
         candidates, chosen_index, kept_rewards = (texts, chosen, rewards) if unseen else screen()
         ctx = trace.get_current_span().get_span_context()
         self.recorder.submit(InteractionFacts(

@@ -17,8 +17,8 @@ start) write at once: the last rename wins whole.
 from __future__ import annotations
 
 import hashlib
-import json
 import io
+import json
 import os
 import sqlite3
 import tempfile
