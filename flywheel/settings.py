@@ -64,7 +64,11 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         2048, ge=1, description="open connections + requests per process before uvicorn answers 503 (above max_in_flight)"
     )
-    keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this many seconds")
+    keep_alive_s: int = Field(
+        15, ge=1,
+        description="idle keep-alive connections are closed after this many seconds; above the 5 s after which "
+        "httpx (the openai SDK) drops one, so a client never reuses a connection as the gateway closes it",
+    )  # fmt: skip
     request_read_timeout_s: float = Field(
         10.0, gt=0, description="a request's headers and body must arrive within this many seconds, else a 408"
     )

@@ -8,11 +8,17 @@ own needs it too. uvicorn has no option for it, so this subclass adds one timer 
 hand-written because there is nothing to configure; it touches only uvicorn's documented protocol
 hooks (``connection_made``, the parser's ``on_message_complete``, ``on_response_complete``).
 
-The rule: from the moment a connection opens, or a response completes on a kept-alive one, the next
-request's headers *and* body must arrive within ``read_timeout_s``. Otherwise the gateway answers a
-plain ``408`` (no app code has run, so it cannot be OpenAI-shaped; the same as uvicorn's own 400 and
-503) and closes the connection. A request that has been read in full is never cut off, however long
-the app then takes: upstream time is bounded by ``FLYWHEEL_UPSTREAM_TIMEOUT_S`` instead.
+The rule: from the moment a connection opens, or the first byte of a later request arrives on a
+kept-alive one, that request's headers *and* body must arrive within ``read_timeout_s``. Otherwise the
+gateway answers a plain ``408`` (no app code has run, so it cannot be OpenAI-shaped; the same as
+uvicorn's own 400 and 503) and closes the connection. A request that has been read in full is never
+cut off, however long the app then takes: upstream time is bounded by ``FLYWHEEL_UPSTREAM_TIMEOUT_S``.
+
+A kept-alive connection waiting for its next request is uvicorn's keep-alive timeout's business
+(``FLYWHEEL_KEEP_ALIVE_S``), not this deadline's: that timeout is set above the 5 s after which httpx
+(the ``openai`` SDK's transport) drops an idle connection, so such a client never sends a request on a
+connection the gateway is closing at that moment (a race that fails the request with "server
+disconnected"). A deadline started at the previous response would cut those connections first.
 """
 
 from __future__ import annotations
@@ -45,14 +51,14 @@ class ReadDeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def on_message_begin(self) -> None:
+        if self._read_deadline is None:
+            self._arm()  # a later request on a kept-alive connection: its clock starts at its first byte
+        super().on_message_begin()
+
     def on_message_complete(self) -> None:
         self._disarm()  # the whole request is in: from here the app's own time limits apply
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing() and not self.pipeline:
-            self._arm()  # the next request on this kept-alive connection gets the same deadline
 
     def _arm(self) -> None:
         self._disarm()
@@ -70,7 +76,8 @@ class ReadDeadlineHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         receiving = cycle is None or cycle.response_complete or cycle.more_body
         if not receiving:
-            return  # a pipelined request is being served; its successor re-arms the timer
+            self._arm()  # the request before a partly-read pipelined one is being served: look again later
+            return
         if cycle is None or cycle.response_complete or not cycle.response_started:
             self.transport.write(
                 b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"

@@ -83,6 +83,11 @@ _JSON = {"Content-Type": "application/json"}
 _VLLM_CHAT_ID_PREFIX = "chatcmpl-"
 _ABORT_PATH = "/inference/v1/abort_requests"
 _ABORT_CONNECT_TRIES = 3
+# Idle connections to vLLM are dropped after this, well before a server closes them (vLLM's default
+# VLLM_HTTP_TIMEOUT_KEEP_ALIVE is 5 s; aiohttp's own default keeps them 15 s): a POST sent on a
+# connection just as the server closes it fails with "server disconnected", and neither client library
+# retries a POST. Under load connections never idle this long, so nothing is reconnected for it.
+IDLE_CONNECTION_S = 2.0
 log = logging.getLogger(__name__)
 
 
@@ -172,14 +177,19 @@ class PolicyClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections,
+                keepalive_expiry=IDLE_CONNECTION_S,
+            ),  # fmt: skip
         )
 
     def _session(self) -> aiohttp.ClientSession:
         if self._aio is None or self._aio.closed:
             connect = min(5.0, self.timeout_s)
             self._aio = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=None),
+                connector=aiohttp.TCPConnector(
+                limit=self.max_connections, ttl_dns_cache=None, keepalive_timeout=IDLE_CONNECTION_S
+            ),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=self.timeout_s),
                 json_serialize=lambda obj: _encode(obj).decode(),
             )

@@ -162,6 +162,9 @@ class VLLMServerConfig:
             TMPDIR=self._tmp_dir(cache / "tmp"),
             VLLM_RPC_BASE_PATH=self._tmp_dir(cache / "tmp"),
             VLLM_ALLOW_RUNTIME_LORA_UPDATING="True" if self.enable_lora else "False",
+            # Idle connections kept 15 s, not vLLM's 5: httpx (the openai SDK) drops one after 5 s, and a
+            # client sending on a connection just as the server closes it gets "server disconnected".
+            VLLM_HTTP_TIMEOUT_KEEP_ALIVE="15",
         )
         if self.enable_lora and self.lora_resolver_dir is not None:
             self.lora_resolver_dir.mkdir(parents=True, exist_ok=True)  # the plugin refuses a missing dir

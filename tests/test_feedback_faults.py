@@ -80,7 +80,8 @@ def test_broker_paused_every_202_stored_once(
     finally:
         own.resume()
     statuses = [r.status for r in during]
-    assert statuses.count(202) == PAUSE_RATINGS, {s: statuses.count(s) for s in set(statuses)}
+    errors = {r.error for r in during if r.error}
+    assert statuses.count(202) == PAUSE_RATINGS, ({s: statuses.count(s) for s in set(statuses)}, errors)
     _assert_exactly_once(consumer, _accepted(warm) | _accepted(during), 240)
     assert _metric(gw, 'flywheel_feedback_requests_total{outcome="accepted"}') == PAUSE_RATINGS + 50
 

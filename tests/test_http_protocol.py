@@ -3,7 +3,8 @@
 A tiny ASGI app stands in for the gateway: what is under test is the protocol layer beneath any app.
 Silent connections, headers or a body dribbled a byte at a time get a 408 and are closed; a request
 that arrived in full is served however long the app takes; a kept-alive connection gets the deadline
-afresh for each request. (`test_security_surface` checks that `flywheel serve` uses this protocol.)
+afresh for each request, counted from its first byte, and between requests only keep-alive applies.
+(`test_security_surface` checks that `flywheel serve` uses this protocol.)
 """
 
 from __future__ import annotations
@@ -125,6 +126,19 @@ def test_each_request_on_a_kept_alive_connection_gets_the_deadline_afresh(
             sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
             time.sleep(LONG_DEADLINE_S / 4)
-        # Then silence: the deadline, not keep-alive (30 s), ends it (the 10 s read limit is a hang guard).
+        # Then half a request and silence: the deadline, not keep-alive (30 s), ends it (the 10 s read
+        # limit is a hang guard).
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: te")
         got, _ = _read_until_closed(sock)
     assert got.startswith(b"HTTP/1.1 408 "), got[:80]
+
+
+def test_an_idle_kept_alive_connection_is_left_to_keep_alive(address: tuple[str, int]) -> None:
+    """Between requests the keep-alive timeout (30 s here) applies, not the read deadline: a client may
+    reuse a connection it left idle for longer than the deadline (httpx keeps one for 5 s)."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        time.sleep(2.5 * DEADLINE_S)  # the old rule (a deadline from the response) cut the connection here
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
