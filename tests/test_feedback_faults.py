@@ -9,8 +9,10 @@ action (the gateway's producer and the consumer reconnect by themselves).
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -53,6 +55,32 @@ def _metric(gw: GatewayHandle, series: str) -> float:
     raise AssertionError(f"{series} not in /metrics")
 
 
+@contextmanager
+def _health_latencies(gw: GatewayHandle) -> Iterator[list[float]]:
+    """GET /healthz every 50 ms while the block runs; the latencies (s), for a failure message only: a
+    stall of the gateway's event loop shows here, and would explain transport errors."""
+    took: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.wait(0.05):
+                began = time.monotonic()
+                try:
+                    client.get(f"{gw.url}/healthz")
+                except httpx.HTTPError:
+                    pass
+                took.append(time.monotonic() - began)
+
+    thread = threading.Thread(target=probe, name="health-probe", daemon=True)
+    thread.start()
+    try:
+        yield took
+    finally:
+        stop.set()
+        thread.join(70)
+
+
 def _assert_exactly_once(consumer: ConsumerHandle, accepted: set[str], timeout_s: float) -> None:
     wait_until(lambda: len(consumer.feedback_event_ids()) >= len(accepted), timeout_s, f"{len(accepted)} ratings")
     consumer.wait_caught_up(timeout_s)  # every record in the topics applied, a redelivered duplicate too
@@ -74,14 +102,17 @@ def test_broker_paused_every_202_stored_once(
     own.pause()
     paused_at = time.monotonic()
     try:
-        during = _post(gw, PAUSE_RATINGS, "paused", concurrency=24)
+        with _health_latencies(gw) as health:
+            during = _post(gw, PAUSE_RATINGS, "paused", concurrency=24)
         assert own.alive()
         time.sleep(max(0.0, PAUSE_S - (time.monotonic() - paused_at)))
     finally:
         own.resume()
     statuses = [r.status for r in during]
     errors = {r.error for r in during if r.error}
-    assert statuses.count(202) == PAUSE_RATINGS, ({s: statuses.count(s) for s in set(statuses)}, errors)
+    slowest_health_s = sorted(health)[-3:]
+    counts = {s: statuses.count(s) for s in set(statuses)}
+    assert statuses.count(202) == PAUSE_RATINGS, (counts, errors, slowest_health_s)
     _assert_exactly_once(consumer, _accepted(warm) | _accepted(during), 240)
     assert _metric(gw, 'flywheel_feedback_requests_total{outcome="accepted"}') == PAUSE_RATINGS + 50
 
