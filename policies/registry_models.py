@@ -141,6 +141,7 @@ class RouteEntry:
     weight: float
     seq: int = 0
     best_of_n: int | None = None  # the version's default when a request names none
+    created: int = 0  # registration time, Unix seconds (GET /v1/models reports it as OpenAI's ``created``)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def to_entry(row: PolicyVersionRow, weight: float) -> RouteEntry:
     return RouteEntry(
         version_id=row.id, served_model_name=row.served_model_name, endpoint=row.endpoint,
         status=row.status, weight=weight, seq=row.seq, best_of_n=serving.get("best_of_n"),
+        created=int(aware(row.created_at).timestamp()),
     )
 
 

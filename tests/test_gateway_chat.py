@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import httpx
 import openai
@@ -90,8 +91,14 @@ async def test_async_stream(gateway: GatewayHandle) -> None:
 
 
 def test_models_lists_routed_model_and_versions(gateway: GatewayHandle) -> None:
-    ids = [m.id for m in client(gateway).models.list()]
-    assert "flywheel" in ids and "seed" in ids
+    models = {m.id: m for m in client(gateway).models.list()}
+    assert "flywheel" in models and "seed" in models
+    with gateway.admin() as admin:
+        versions = {v["id"]: v for v in admin.get("/admin/policies").json()["data"]}
+    registered = int(datetime.fromisoformat(versions["seed"]["created_at"]).timestamp())
+    assert models["seed"].created == registered  # when the version was registered, not the time of the call
+    stable = next(v for v in versions.values() if v["status"] == "stable")
+    assert models["flywheel"].created == int(datetime.fromisoformat(stable["created_at"]).timestamp())
 
 
 def test_pinning_a_version_by_model_name(gateway: GatewayHandle) -> None:

@@ -140,10 +140,11 @@ class ChatService:
         return entry, True
 
     def models(self) -> list[dict[str, Any]]:
-        created = int(time.time())
-        listed = [{"id": ROUTED_MODEL, "object": "model", "created": created, "owned_by": "flywheel"}]
-        for entry in self.routes.get().entries():
-            listed.append({"id": entry.version_id, "object": "model", "created": created,
+        """The routed name (``created``: when the current stable was registered) and every routed version."""
+        table = self.routes.get()
+        listed = [{"id": ROUTED_MODEL, "object": "model", "created": table.stable.created, "owned_by": "flywheel"}]
+        for entry in table.entries():
+            listed.append({"id": entry.version_id, "object": "model", "created": entry.created,
                            "owned_by": "flywheel", "status": entry.status})  # fmt: skip
         return listed
 
