@@ -6,7 +6,7 @@ for as long as it likes, and a connection that never sends a byte is never close
 have this setting (nginx ``client_header_timeout`` / ``client_body_timeout``); a gateway run on its
 own needs it too. uvicorn has no option for it, so this subclass adds one timer per connection —
 hand-written because there is nothing to configure; it touches only uvicorn's documented protocol
-hooks (``connection_made``, the parser's ``on_message_complete``, ``on_response_complete``).
+hooks (``connection_made``, the parser's ``on_message_begin`` and ``on_message_complete``).
 
 The rule: from the moment a connection opens, or the first byte of a later request arrives on a
 kept-alive one, that request's headers *and* body must arrive within ``read_timeout_s``. Otherwise the

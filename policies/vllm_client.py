@@ -188,8 +188,8 @@ class PolicyClient:
             connect = min(5.0, self.timeout_s)
             self._aio = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                limit=self.max_connections, ttl_dns_cache=None, keepalive_timeout=IDLE_CONNECTION_S
-            ),
+                    limit=self.max_connections, ttl_dns_cache=None, keepalive_timeout=IDLE_CONNECTION_S
+                ),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=self.timeout_s),
                 json_serialize=lambda obj: _encode(obj).decode(),
             )
