@@ -149,7 +149,9 @@ class Settings(BaseSettings):
     producer_delivery_timeout_ms: int = 10_000
     producer_durable_timeout_s: float = Field(0.5, description="send_durable waits this long for Kafka, then spools")
     producer_request_timeout_ms: int = 5_000
-    producer_compression: str | None = "gzip"
+    producer_compression: Literal["gzip", "snappy", "lz4", "zstd"] | None = Field(
+        "gzip", description="Kafka batch compression; none (or empty) = uncompressed"
+    )
     consumer_batch_max: int = 500
 
     # --- feedback endpoint ---
@@ -304,6 +306,21 @@ class Settings(BaseSettings):
     @classmethod
     def _canary_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("producer_compression", mode="before")
+    @classmethod
+    def _compression(cls, value: object) -> object:
+        """An environment variable cannot say None: ``none`` or an empty value means no compression. A codec
+        whose library is missing is refused here: kafka-python would refuse it in the producer's thread,
+        which retries forever and spools every event."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        if value in ("snappy", "lz4", "zstd"):
+            from kafka import codec  # only for these: gzip is always there
+
+            if not getattr(codec, f"has_{value}")():
+                raise ValueError(f"{value} compression needs the python-{value} library, which is not installed")
+        return value
 
     @field_validator("api_keys", "admin_keys", "cors_allow_origins", mode="before")
     @classmethod
