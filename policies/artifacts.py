@@ -30,9 +30,6 @@ def artifact_sha256(path: Path) -> str:
 def verify_artifact(path: str | Path, expected_sha256: str, what: str = "artifact") -> str:
     """Recompute the artifact's hash and refuse (``ArtifactChanged``) unless it matches ``expected_sha256``,
     the full hash or a prefix of at least 12 hex digits (what an adapter name carries). Returns the hash.
-
-    Called before anything loads an artifact the registry recorded (an adapter into vLLM after a restart,
-    a retired version promoted again, the seed at start), since the path may have been rebuilt since.
     """
     expected = expected_sha256.lower()
     if len(expected) < 12:
@@ -46,8 +43,11 @@ def verify_artifact(path: str | Path, expected_sha256: str, what: str = "artifac
     return actual
 
 
-def changed_error(what: str, path: str | Path, actual: str, expected: str,
-             fix: str = "restore the original files or register them as a new version") -> ArtifactChanged:
+def changed_error(
+    what: str, path: str | Path, actual: str, expected: str,
+    fix: str = "restore the original files or register them as a new version",
+) -> ArtifactChanged:  # fmt: skip
+    """The one-line refusal for an artifact whose hash is not the registered one, ending in what to do."""
     return ArtifactChanged(
         f"{what} at {path} has changed since it was registered (sha256 {actual[:12]}..., registered "
         f"{expected[:12]}...); refusing to load it: {fix}"

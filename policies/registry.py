@@ -65,8 +65,8 @@ def _check_seed(row: PolicyVersionRow, path: Path, sha: str) -> None:
     actual = sha if recorded == path else artifact_sha256(recorded) if recorded.exists() else None
     if actual is not None and actual != row.artifact_sha256:
         raise changed_error("the registered seed model", recorded, actual, row.artifact_sha256,
-                       "every LoRA version was trained on the old one; put the registered seed back "
-                       "(same seed-model config) or start a new registry for the new seed")
+                            "every LoRA version was trained on the old one; put the registered seed back "
+                            "(same seed-model config) or start a new registry for the new seed")
 
 
 def _state(row: PolicyVersionRow) -> dict[str, Any]:
