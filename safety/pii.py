@@ -85,6 +85,28 @@ _KEY_VALUE = re.compile(
 )
 
 
+# Text every secret pattern above (and _BEARER, _KEY_VALUE) needs, lower-cased: one plain substring
+# search each on the lower-cased text (1.4 µs for a 27-character turn, 9 µs for 500) tells that none
+# of them can match, where the twelve scans cost 18 µs and 160 µs; most chat text has none of it. It
+# may only ever be looser than the patterns: case-blind throughout, and after the unicode fold the
+# only non-ASCII letters that the (?i) patterns still equate with ASCII ones are dotless i and dotted
+# capital I, which _secret_hint folds to "i" ("ſ" and the Kelvin sign fold to "s" and "K" in NFKC).
+_SECRET_NEEDLES = (
+    "-----begin", "eyj", "sk-", "k_live_", "k_test_", "akia", "asia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+    "github_pat_", "xox", "aiza", "glpat-", "fw-chat-", "fw-admin-", "bearer", "basic", "key", "secret",
+    "token", "passw", "pwd", "auth", "credential",
+)  # fmt: skip
+_DOTTED_I = {0x131: "i", 0x307: None}  # "ı" -> "i"; "İ".lower() is "i" + U+0307, which goes
+
+
+def _secret_hint(text: str) -> bool:
+    """False only when no secret pattern can match ``text`` (normalised): the scans can be skipped."""
+    low = text.lower()
+    if not low.isascii():
+        low = low.translate(_DOTTED_I)
+    return any(needle in low for needle in _SECRET_NEEDLES)
+
+
 def _redact_secrets(text: str, counts: dict[str, int]) -> str:
     for pattern in _SECRET_PATTERNS:
         text = _sub(pattern, text, counts, "SECRET")
@@ -245,7 +267,8 @@ def redact(text: str) -> RedactionResult:
         return RedactionResult(text or "", {})
     counts: dict[str, int] = {}
     out = normalise(text)
-    out = _redact_secrets(out, counts)
+    if _secret_hint(out):
+        out = _redact_secrets(out, counts)
     # Each scan below is skipped only where its pattern cannot match: an e-mail needs "@" or a bracket
     # ("jane (at) example (dot) com"), an IPv6 address two ":", and the rest a digit; each test reads
     # the text as the scan would (placeholders such as "[CARD]" add no digit and no ":"). Most chat

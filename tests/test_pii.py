@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from safety.pii import iban_valid, luhn_valid, normalise, redact
+from safety.pii import _redact_secrets, _secret_hint, iban_valid, luhn_valid, normalise, redact
 
 
 @pytest.mark.parametrize(
@@ -125,3 +127,60 @@ def test_text_without_the_characters_a_pattern_needs_skips_only_that_pattern(tex
     """redact() skips a scan where its pattern cannot match (no '@' or bracket, fewer than two ':', no
     digit after the unicode fold); text that has what a pattern needs is still redacted."""
     assert redact(text).text == expected
+
+
+# Pieces that make secret patterns match or nearly match, and the unicode letters that (?i) equates with ASCII.
+_SECRET_PIECES = [
+    "sk-", "Sk-", "AKIA", "ASIA", "ghp_", "github_pat_", "xoxb-", "AIza", "glpat-", "fw-chat-", "fw-admin-",
+    "eyJ", ".", "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "Bearer ", "basıc ",
+    "BASİC ", "api_key", "ApiKey", "credentıal", "passwd", "PWD", "auth", "token", "secret", "private-key",
+    "=", ": ", '"', "'", " ", "\n", "abcdEFGH1234", "0123456789abcdefghij", "ſecret", "\u212aey", "x",
+]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_SECRET_PIECES), max_size=12).map("".join))
+def test_secret_hint_is_never_stricter_than_the_secret_patterns(text: str) -> None:
+    """redact() skips the secret scans when _secret_hint says none can match: they must then find nothing."""
+    text = normalise(text)
+    if not _secret_hint(text):
+        assert _redact_secrets(text, {}) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----",
+        "eyJhbGciOiJIUzI1.eyJzdWIiOiIx.SflKxwRJSMeKKF2QT4",
+        "sk-abcdefghijklmnop1234",
+        "rk_live_abcdefghijklmnop1234",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghs_abcdefghijklmnopqrstuvwxyz0123456789",
+        "github_pat_abcdefghijklmnopqrstuvwxyz0123456789",
+        "xoxp-1234567890-abc",
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+        "glpat-abcdefghijklmnopqrstu",
+        "fw-admin-abcdefghijklmnop12",
+        "BEARER abcdefgh123",
+        "basıc dXNlcjpwYXNz",  # dotless i: (?i) still reads "basic"
+        "BASİC dXNlcjpwYXNz",
+        "credentİal=abcd1234",
+        "ſecret: abcd1234",  # long s: NFKC makes it "s"
+        "API_\u212aEY=abcd1234",  # Kelvin sign: NFKC makes it "K"
+        "PassWord = 'hunter22'",
+        "x_pwd=abcd1234",
+        "Auth: abcd1234",
+        "my_token_value: abcd1234",
+    ],
+)
+def test_secret_hint_sees_every_secret_pattern(text: str) -> None:
+    text = normalise(text)
+    assert _redact_secrets(text, {}) != text  # the sample is a secret the scans catch ...
+    assert _secret_hint(text)  # ... so the hint must let them run
+
+
+@pytest.mark.parametrize(
+    "text", ["Say hello to the benchmark.", "The weather in Paris is mild in May.", "how do I sort a list?"]
+)
+def test_plain_chat_text_skips_the_secret_scans(text: str) -> None:
+    assert not _secret_hint(text)
