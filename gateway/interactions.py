@@ -2,8 +2,8 @@
 
 The chat service hands over raw facts (``InteractionFacts``) in O(1), after its response is built;
 turning them into a ``feedback.events.Interaction`` (whose validators redact PII: for 500 characters
-~0.05 ms of prose, 0.18 ms of text full of numbers; 0.12 and 0.58 ms for 2,000) and giving it to the producer (which never blocks) happens later, in one
-of two places:
+~0.05 ms of prose, 0.18 ms of text full of numbers; 0.12 and 0.58 ms for 2,000) and giving it to the
+producer (which never blocks) happens later, in one of two places:
 
 - a small interaction (the common chat turn) on the event loop, as a callback of its own between
   requests: Python that has to hold the GIL wherever it runs, and in a thread it also makes
