@@ -1,4 +1,5 @@
-"""PII redaction: what must be caught, what must be left alone, and unicode tricks."""
+"""PII redaction: what must be caught, what must be left alone, unicode tricks, and the shortcuts that
+skip a scan (never where the scan would have found something)."""
 
 from __future__ import annotations
 
