@@ -63,6 +63,7 @@ def test_best_of_n_streams_the_chosen_answer(gateway: GatewayHandle) -> None:
     ))  # fmt: skip
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
+    assert all(c.choices for c in chunks) and chunks[-1].choices[0].finish_reason is not None
     final = chunks[-1].model_extra["flywheel"]
     assert final["candidates"] == 3 and final["reward"] is not None
 

@@ -61,9 +61,12 @@ def test_stream_final_chunk_carries_flywheel(gateway: GatewayHandle) -> None:
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
-    assert any(c.usage is not None for c in chunks)
+    # As OpenAI sends it: usage on one chunk only, the last, whose choices are empty; it also carries ours.
     last = chunks[-1]
+    assert [c.usage is not None for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert last.choices == [] and all(c.choices for c in chunks[:-1])
     assert last.model_extra["flywheel"]["policy_version"] == "seed"
+    assert all("flywheel" not in (c.model_extra or {}) for c in chunks[:-1])
     assert all(c.id == last.id for c in chunks)
     same = client(gateway).chat.completions.create(
         model="flywheel", messages=MESSAGES, max_tokens=16, temperature=0
@@ -78,6 +81,24 @@ def test_stream_without_usage_hides_usage(gateway: GatewayHandle) -> None:
         )
     )
     assert all(c.usage is None for c in chunks)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_stream_without_usage_never_sends_empty_choices(gateway: GatewayHandle, n: int) -> None:
+    """The SDK's own way of reading a stream, ``chunk.choices[0].delta.content``, works on every chunk;
+    the ``flywheel`` object rides on the last choice's finish chunk."""
+    stream = client(gateway).chat.completions.create(
+        model="flywheel", messages=MESSAGES, max_tokens=8, temperature=0.8, n=n, stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)  # IndexError on an empty-choices chunk
+    assert text
+    last = chunks[-1]
+    assert last.choices[0].finish_reason is not None
+    assert last.model_extra["flywheel"]["response_id"] == last.id
+    assert all("flywheel" not in (c.model_extra or {}) for c in chunks[:-1])
+    finished = [choice.index for c in chunks for choice in c.choices if choice.finish_reason]
+    assert sorted(finished) == list(range(n))
 
 
 async def test_async_stream(gateway: GatewayHandle) -> None:

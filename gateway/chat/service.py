@@ -23,7 +23,7 @@ from flywheel.ids import random_hex128
 from gateway.chat.pipeline import Prepared, RequestPipeline, safety_report
 from gateway.chat.protocol import ChatCompletionRequest
 from gateway.chat.recordable import recordable_candidates
-from gateway.chat.streaming import DONE, StreamState, relay, replay, sse
+from gateway.chat.streaming import DONE, StreamState, may_end_stream, relay, replay, sse
 from gateway.chat.upstream import Upstream, map_policy_error
 from gateway.errors import BadRequest, NotFound, RateLimited
 from gateway.interactions import InteractionFacts, InteractionRecorder
@@ -266,7 +266,9 @@ class ChatService:
             raise
         return self._finish_stream(req, body, state, target, prepared, started)
 
-    async def _closing(self, body: AsyncIterator[bytes], upstream: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    async def _closing(
+        self, body: AsyncIterator[dict[str, Any]], upstream: AsyncIterator[Any]
+    ) -> AsyncIterator[dict[str, Any]]:
         try:
             async for part in body:
                 yield part
@@ -276,7 +278,7 @@ class ChatService:
     async def _stream_best_of_n(
         self, req: ChatCompletionRequest, state: StreamState, target: RouteEntry, pinned: bool,
         prepared: Prepared, k: int,
-    ) -> AsyncIterator[bytes]:  # fmt: skip
+    ) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
         """Best-of-n cannot stream live: generate all k, choose, check, then stream the winner."""
         result, target = await self.upstream.complete(
             target, pinned, self._body_for(req, prepared, n=k, stream=False)
@@ -292,20 +294,30 @@ class ChatService:
         state.best = (choice, texts, target)
         return replay(state, state.texts[0][:1], [winner.get("finish_reason") or "stop"])
 
-    async def _stream_refusal(self, state: StreamState, target: RouteEntry, prepared: Prepared) -> AsyncIterator[bytes]:
+    async def _stream_refusal(
+        self, state: StreamState, target: RouteEntry, prepared: Prepared
+    ) -> AsyncIterator[dict[str, Any]]:
         for chunk in refusal_chunks(completion_id=state.response_id, model=state.model, created=state.created,
                                     message=self.pipeline.safety.refusal_message):  # fmt: skip
             chunk.pop("flywheel", None)
-            yield sse(chunk)
+            yield chunk
         state.status = "content_filter"
 
     async def _finish_stream(
-        self, req: ChatCompletionRequest, body: AsyncIterator[bytes], state: StreamState, target: RouteEntry,
-        prepared: Prepared, started: float,
+        self, req: ChatCompletionRequest, body: AsyncIterator[dict[str, Any]], state: StreamState,
+        target: RouteEntry, prepared: Prepared, started: float,
     ) -> AsyncIterator[bytes]:  # fmt: skip
+        """Send the body's chunks, the last one with the ``flywheel`` object (see gateway/chat/streaming.py)."""
+        held: dict[str, Any] | None = None  # a chunk that may be the last, sent when the next one comes
         try:
-            async for part in body:
-                yield part
+            async for chunk in body:
+                if held is not None:
+                    yield sse(held)
+                    held = None
+                if may_end_stream(chunk):
+                    held = chunk
+                else:
+                    yield sse(chunk)
             best = state.best
             outputs = [state.outputs[i] for i in sorted(state.outputs)]
             extra: dict[str, Any] = {"safety": safety_report(prepared, outputs)}
@@ -313,7 +325,10 @@ class ChatService:
                 choice, candidates, target = best
                 extra.update(reward=choice.rewards[choice.index] if choice.rewards else None,
                              chosen_index=choice.index, candidates=len(candidates))  # fmt: skip
-            yield sse(state.chunk([], flywheel=self._flywheel(state.response_id, target.version_id, prepared, **extra)))
+            last = held if held is not None else state.chunk([])
+            held = None
+            last["flywheel"] = self._flywheel(state.response_id, target.version_id, prepared, **extra)
+            yield sse(last)
             texts = best[1] if best is not None else state.joined()
             served = ({best[0].index: outputs[0]} if best is not None else
                       {pos: state.outputs[i] for pos, i in enumerate(sorted(state.texts)) if i in state.outputs})
@@ -322,6 +337,8 @@ class ChatService:
         except PolicyError as exc:
             state.status = "stream_error"
             self.upstream.count_failure(target, exc)
+            if held is not None:  # a choice that finished before the failure still gets its end
+                yield sse(held)
             yield sse(map_policy_error(exc).body())
         except (asyncio.CancelledError, GeneratorExit):
             state.status = "client_closed"

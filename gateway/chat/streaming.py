@@ -3,8 +3,15 @@ answer (best-of-n, refusals) as a stream.
 
 Output safety on a stream works over a hold-back window (``safety.streaming.StreamGuard``): text is sent
 only once the window after it has been checked, so an unsafe string split across chunks never reaches
-the client; the cost is up to ``safety_holdback_chars`` of delay. The final chunk (empty ``choices``)
-carries the ``flywheel`` object.
+the client; the cost is up to ``safety_holdback_chars`` of delay.
+
+The ``flywheel`` object rides on the stream's last chunk, which is the chunk OpenAI would end with: the
+usage chunk (empty ``choices``) when the client asked for usage, otherwise the last choice's
+``finish_reason`` chunk. So a client that did not ask for usage never gets a chunk with empty
+``choices`` (``chunk.choices[0]``, as the ``openai`` SDK's own examples read a stream, keeps working),
+and one that did gets usage on the last chunk, as OpenAI sends it. The bodies below yield chunk objects;
+the service holds back each chunk that may be the last (:func:`may_end_stream`) until the next one
+comes, and adds the ``flywheel`` object to whichever was last.
 """
 
 from __future__ import annotations
@@ -27,6 +34,12 @@ DONE = b"data: [DONE]\n\n"
 
 def sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + _encode(obj) + b"\n\n"
+
+
+def may_end_stream(chunk: dict[str, Any]) -> bool:
+    """A chunk the stream may end with: a choice's ``finish_reason`` chunk, or the usage chunk."""
+    choices = chunk["choices"]
+    return not choices or any(choice.get("finish_reason") for choice in choices)
 
 
 @dataclass
@@ -67,7 +80,7 @@ async def relay(
     new_guard: Callable[[], StreamGuard],
     refusal_message: str,
     n: int,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[dict[str, Any]]:
     """Forward vLLM's chunks, each choice's text through its own guard; stop a choice that turns unsafe."""
     guards: dict[int, StreamGuard] = {}
     blocked: set[int] = set()
@@ -78,7 +91,7 @@ async def relay(
         if usage and not chunk.get("choices"):
             state.completion_tokens = usage.get("completion_tokens", 0)
             if state.include_usage:
-                yield sse(state.chunk([], usage=usage))
+                yield state.chunk([], usage=usage)
             chunk = await anext(upstream, None)
             continue
         for choice in chunk.get("choices") or ():
@@ -95,11 +108,11 @@ async def relay(
                 for refusal in refusal_chunks(completion_id=state.response_id, model=state.model,
                                               message=refusal_message, index=index, created=state.created):
                     refusal.pop("flywheel", None)
-                    yield sse(refusal)
+                    yield refusal
                 continue  # fmt: skip
             if released or delta.get("role"):
                 state.texts.setdefault(index, []).append(released)
-                yield sse(state.chunk([_delta(index, released, role=delta.get("role"))]))
+                yield state.chunk([_delta(index, released, role=delta.get("role"))])
             if finish:
                 end = guard.finish()
                 state.outputs[index] = end.result
@@ -108,23 +121,23 @@ async def relay(
                     for refusal in refusal_chunks(completion_id=state.response_id, model=state.model,
                                                   message=refusal_message, index=index, created=state.created):
                         refusal.pop("flywheel", None)
-                        yield sse(refusal)
+                        yield refusal
                     continue  # fmt: skip
                 if end.text:
                     state.texts.setdefault(index, []).append(end.text)
-                yield sse(state.chunk([_delta(index, end.text, finish=finish)]))
+                yield state.chunk([_delta(index, end.text, finish=finish)])
         if len(blocked) >= n:
             return  # every choice is refused: stop reading, so vLLM stops generating
         chunk = await anext(upstream, None)
 
 
-async def replay(state: StreamState, texts: list[str], finishes: list[str]) -> AsyncIterator[bytes]:
+async def replay(state: StreamState, texts: list[str], finishes: list[str]) -> AsyncIterator[dict[str, Any]]:
     """Send finished answers as a stream (best-of-n picks after generating, so it cannot stream live)."""
     for index, (text, finish) in enumerate(zip(texts, finishes, strict=True)):
-        yield sse(state.chunk([_delta(index, role="assistant")]))
+        yield state.chunk([_delta(index, role="assistant")])
         words = text.split(" ")
         for i in range(0, len(words), 4):
             piece = " ".join(words[i : i + 4]) + (" " if i + 4 < len(words) else "")
-            yield sse(state.chunk([_delta(index, piece)]))
+            yield state.chunk([_delta(index, piece)])
             await asyncio.sleep(0)
-        yield sse(state.chunk([_delta(index, finish=finish)]))
+        yield state.chunk([_delta(index, finish=finish)])
