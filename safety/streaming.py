@@ -53,6 +53,8 @@ class StreamGuard:
         self._released: list[str] = []
         self._verdicts: list[Verdict] = []
         self._blocked = False
+        self._consumed = 0  # characters of the policy's text released so far (before redaction)
+        self._last_changed = False
 
     @property
     def blocked(self) -> bool:
@@ -61,6 +63,18 @@ class StreamGuard:
     @property
     def released_text(self) -> str:
         return "".join(self._released)
+
+    @property
+    def consumed_chars(self) -> int:
+        """How many characters of the fed text have been released (counted before redaction): what lets
+        a caller tell which of the policy's tokens the released text covers."""
+        return self._consumed
+
+    @property
+    def last_release_changed(self) -> bool:
+        """Whether the latest release differs from the policy's text (a redaction): the tokens behind it
+        must not be shown (their logprobs would spell out what was redacted)."""
+        return self._last_changed
 
     def feed(self, delta: str) -> str:
         """Add a delta; return the text that is now safe to send (often empty)."""
@@ -128,4 +142,6 @@ class StreamGuard:
         self._pending = self._pending[cut:]
         self._tail = (self._tail + raw)[-self.lookback :]
         self._released.append(checked.text)
+        self._consumed += cut
+        self._last_changed = checked.text != raw
         return checked.text

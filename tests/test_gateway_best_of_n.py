@@ -58,7 +58,7 @@ def test_best_of_n_returns_the_highest_reward_candidate_and_logs_all(gateway: Ga
 
 def test_best_of_n_streams_the_chosen_answer(gateway: GatewayHandle) -> None:
     chunks = list(sdk(gateway).chat.completions.create(
-        model="flywheel", messages=QUESTION, max_tokens=24, temperature=1.0, stream=True,
+        model="flywheel", messages=QUESTION, max_tokens=24, temperature=1.0, stream=True, logprobs=True,
         extra_body={"best_of_n": 3},
     ))  # fmt: skip
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -66,6 +66,12 @@ def test_best_of_n_streams_the_chosen_answer(gateway: GatewayHandle) -> None:
     assert all(c.choices for c in chunks) and chunks[-1].choices[0].finish_reason is not None
     final = chunks[-1].model_extra["flywheel"]
     assert final["candidates"] == 3 and final["reward"] is not None
+    # The winner's logprobs come with it (withheld only where the output checks changed its text).
+    tokens = [e.token for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content or []]
+    if final["safety"]["output"]["action"] == "allow":
+        assert tokens and "".join(tokens).startswith(text)  # (vLLM lists the end-of-sequence token too)
+    else:
+        assert not tokens
 
 
 def test_best_of_n_off_is_plain_generation(gateway: GatewayHandle) -> None:

@@ -53,6 +53,21 @@ async def test_async_completion_n_logprobs_stop(gateway: GatewayHandle) -> None:
     await aclient.close()
 
 
+def test_stream_carries_the_logprobs_of_the_same_answer_unstreamed(gateway: GatewayHandle) -> None:
+    """Streamed logprobs wait for their text behind the safety hold-back, but every token's entry arrives,
+    in order: the same greedy answer unstreamed has the same tokens."""
+    ask = {"model": "flywheel", "messages": MESSAGES, "max_tokens": 24, "temperature": 0, "logprobs": True,
+           "top_logprobs": 2}  # fmt: skip
+    chunks = list(client(gateway).chat.completions.create(stream=True, **ask))  # type: ignore[call-overload]
+    entries = [e for c in chunks for choice in c.choices if choice.logprobs for e in choice.logprobs.content or []]
+    text = "".join(choice.delta.content or "" for c in chunks for choice in c.choices)
+    whole = client(gateway).chat.completions.create(**ask)  # type: ignore[call-overload]
+    assert whole.choices[0].message.content == text
+    assert whole.choices[0].logprobs is not None
+    assert [e.token for e in entries] == [e.token for e in whole.choices[0].logprobs.content or []]
+    assert entries and all(len(e.top_logprobs) == 2 for e in entries)
+
+
 def test_stream_final_chunk_carries_flywheel(gateway: GatewayHandle) -> None:
     stream = client(gateway).chat.completions.create(
         model="flywheel", messages=MESSAGES, max_tokens=16, temperature=0, stream=True,

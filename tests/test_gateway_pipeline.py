@@ -93,14 +93,37 @@ def test_unsafe_output_never_reaches_a_streaming_client(gateway: GatewayHandle, 
     gw = gateway_factory("blocking", FLYWHEEL_SAFETY_BLOCKED_TERMS=word)
     stream = sdk(gw).chat.completions.create(
         model="flywheel", messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0,
-        stream=True, extra_body={"grounding": False},
+        stream=True, logprobs=True, extra_body={"grounding": False},
     )  # fmt: skip
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert word.lower() not in text.lower(), (word, text)
+    sent = "".join(choice.model_dump_json() for c in chunks for choice in c.choices)  # logprobs included
+    assert word.lower() not in sent.lower()  # (the flywheel object's verdict names the term, by design)
     assert all(c.choices for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "content_filter"
     assert chunks[-1].model_extra["flywheel"]["safety"]["output"]["action"] == "block"
-    # The same request without streaming is refused too.
-    resp = ask(gw, question, extra_body={"grounding": False})
+    # The same request without streaming is refused too, its logprobs withheld (they would spell the answer out).
+    resp = ask(gw, question, logprobs=True, extra_body={"grounding": False})
     assert resp.choices[0].finish_reason == "content_filter" and word not in (resp.choices[0].message.content or "")
+    assert resp.choices[0].logprobs is None and word.lower() not in resp.choices[0].model_dump_json().lower()
+
+
+def test_redacted_output_shows_no_tokens_of_what_was_redacted(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    """The support address, when not allowlisted, is redacted from the answer; its tokens must not come back
+    through logprobs either (unstreamed: withheld for that choice; streamed: dropped around the span)."""
+    # A short hold-back, so the answer is released in pieces and the clean ones keep their logprobs.
+    gw = gateway_factory("pii-redact", FLYWHEEL_SAFETY_PII_ALLOWLIST="nobody@example.invalid",
+                         FLYWHEEL_SAFETY_HOLDBACK_CHARS="12")
+    question = "How do I contact support?"  # the fixture model answers with support@kestrelbackup.com
+    resp = ask(gw, question, logprobs=True)
+    assert "[EMAIL" in (resp.choices[0].message.content or ""), resp.choices[0].message.content
+    assert resp.choices[0].logprobs is None and "kestrelbackup.com" not in resp.choices[0].model_dump_json()
+    chunks = list(sdk(gw).chat.completions.create(
+        model="flywheel", messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0,
+        stream=True, logprobs=True,
+    ))  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    tokens = "".join(e.token for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content or [])
+    assert "[EMAIL" in text and tokens, (text, tokens)
+    assert "@" not in tokens and "kestrelbackup" not in tokens

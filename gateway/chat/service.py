@@ -222,6 +222,8 @@ class ChatService:
             choice["finish_reason"] = "content_filter"
         elif checked.redacted:
             message["content"] = checked.text
+        if checked.blocked or checked.redacted:
+            choice["logprobs"] = None  # its tokens would spell out what was refused or redacted
         return checked
 
     def _refuse(
@@ -292,7 +294,8 @@ class ChatService:
         state.texts[0] = [(winner.get("message") or {}).get("content") or ""]
         state.completion_tokens = (result.get("usage") or {}).get("completion_tokens", 0)
         state.best = (choice, texts, target)
-        return replay(state, state.texts[0][:1], [winner.get("finish_reason") or "stop"])
+        entries = (winner.get("logprobs") or {}).get("content")  # None when the check changed the text
+        return replay(state, state.texts[0][:1], [winner.get("finish_reason") or "stop"], [entries])
 
     async def _stream_refusal(
         self, state: StreamState, target: RouteEntry, prepared: Prepared

@@ -3,7 +3,8 @@ answer (best-of-n, refusals) as a stream.
 
 Output safety on a stream works over a hold-back window (``safety.streaming.StreamGuard``): text is sent
 only once the window after it has been checked, so an unsafe string split across chunks never reaches
-the client; the cost is up to ``safety_holdback_chars`` of delay.
+the client; the cost is up to ``safety_holdback_chars`` of delay. Token logprobs follow the text they
+belong to (:class:`HeldLogprobs`).
 
 The ``flywheel`` object rides on the stream's last chunk, which is the chunk OpenAI would end with: the
 usage chunk (empty ``choices``) when the client asked for usage, otherwise the last choice's
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,13 +66,49 @@ class StreamState:
         return ["".join(self.texts[i]) for i in sorted(self.texts)]
 
 
-def _delta(index: int, content: str | None = None, finish: str | None = None, role: str | None = None) -> dict:
+def _delta(
+    index: int, content: str | None = None, finish: str | None = None, role: str | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+) -> dict:  # fmt: skip
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = role
     if content:
         delta["content"] = content
-    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {"index": index, "delta": delta, "logprobs": {"content": logprobs} if logprobs else None,
+            "finish_reason": finish}  # fmt: skip
+
+
+@dataclass
+class HeldLogprobs:
+    """One choice's token logprobs, held until the guard has released the text they belong to.
+
+    The guard releases text at whitespace, not at vLLM's chunk boundaries, so each upstream delta's
+    entries wait until all of that delta's characters are out (``StreamGuard.consumed_chars``), then go
+    with the next chunk sent: the entries a client collects over the stream are vLLM's, in order. Where a
+    release was redacted, the entries of every delta that overlaps it are dropped, never sent: their
+    tokens would spell out (part of) what the redaction removed.
+    """
+
+    fed: int = 0  # characters fed to the guard so far
+    waiting: deque[tuple[int, int, list[dict[str, Any]]]] = field(default_factory=deque)  # (start, end, entries)
+
+    def add(self, text: str, choice: dict[str, Any]) -> None:
+        start, self.fed = self.fed, self.fed + len(text)
+        entries = (choice.get("logprobs") or {}).get("content")
+        if entries:
+            self.waiting.append((start, self.fed, entries))
+
+    def take(self, guard: StreamGuard) -> list[dict[str, Any]]:
+        """The entries whose text the guard has released, less those behind a redacted release."""
+        consumed = guard.consumed_chars
+        if guard.last_release_changed:
+            while self.waiting and self.waiting[0][0] < consumed:
+                self.waiting.popleft()
+        out: list[dict[str, Any]] = []
+        while self.waiting and self.waiting[0][1] <= consumed:
+            out.extend(self.waiting.popleft()[2])
+        return out
 
 
 async def relay(
@@ -83,6 +121,7 @@ async def relay(
 ) -> AsyncIterator[dict[str, Any]]:
     """Forward vLLM's chunks, each choice's text through its own guard; stop a choice that turns unsafe."""
     guards: dict[int, StreamGuard] = {}
+    held: dict[int, HeldLogprobs] = {}
     blocked: set[int] = set()
     chunk = first
     while chunk is not None:
@@ -99,8 +138,11 @@ async def relay(
             if index in blocked:
                 continue
             guard = guards.get(index) or guards.setdefault(index, new_guard())
+            logprobs = held.get(index) or held.setdefault(index, HeldLogprobs())
             delta = choice.get("delta") or {}
-            released = guard.feed(delta.get("content") or "")
+            content = delta.get("content") or ""
+            released = guard.feed(content)
+            logprobs.add(content, choice)
             finish = choice.get("finish_reason")
             if guard.blocked:
                 blocked.add(index)
@@ -112,7 +154,7 @@ async def relay(
                 continue  # fmt: skip
             if released or delta.get("role"):
                 state.texts.setdefault(index, []).append(released)
-                yield state.chunk([_delta(index, released, role=delta.get("role"))])
+                yield state.chunk([_delta(index, released, role=delta.get("role"), logprobs=logprobs.take(guard))])
             if finish:
                 end = guard.finish()
                 state.outputs[index] = end.result
@@ -125,19 +167,22 @@ async def relay(
                     continue  # fmt: skip
                 if end.text:
                     state.texts.setdefault(index, []).append(end.text)
-                yield state.chunk([_delta(index, end.text, finish=finish)])
+                yield state.chunk([_delta(index, end.text, finish=finish, logprobs=logprobs.take(guard))])
         if len(blocked) >= n:
             return  # every choice is refused: stop reading, so vLLM stops generating
         chunk = await anext(upstream, None)
 
 
-async def replay(state: StreamState, texts: list[str], finishes: list[str]) -> AsyncIterator[dict[str, Any]]:
-    """Send finished answers as a stream (best-of-n picks after generating, so it cannot stream live)."""
-    for index, (text, finish) in enumerate(zip(texts, finishes, strict=True)):
+async def replay(
+    state: StreamState, texts: list[str], finishes: list[str], logprobs: list[list[dict[str, Any]] | None]
+) -> AsyncIterator[dict[str, Any]]:
+    """Send finished answers as a stream (best-of-n picks after generating, so it cannot stream live);
+    each answer's token logprobs, if any, go with its finish chunk."""
+    for index, (text, finish, entries) in enumerate(zip(texts, finishes, logprobs, strict=True)):
         yield state.chunk([_delta(index, role="assistant")])
         words = text.split(" ")
         for i in range(0, len(words), 4):
             piece = " ".join(words[i : i + 4]) + (" " if i + 4 < len(words) else "")
             yield state.chunk([_delta(index, piece)])
             await asyncio.sleep(0)
-        yield state.chunk([_delta(index, finish=finish)])
+        yield state.chunk([_delta(index, finish=finish, logprobs=entries)])
