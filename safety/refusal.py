@@ -41,20 +41,22 @@ def refusal_completion(
     if result is not None:
         extra.setdefault("safety", {})
         extra["safety"] = {**extra["safety"], result.stage: result.to_dict()}
-    completion_tokens = max(1, len(message.split())) * n
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": created if created is not None else int(time.time()),
         "model": model,
         "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": refusal_usage(message, n, prompt_tokens),
         "flywheel": extra,
     }
+
+
+def refusal_usage(message: str, n: int = 1, prompt_tokens: int = 0) -> dict[str, int]:
+    """The ``usage`` of a refusal: the policy generated nothing, so the refusal's words stand in for tokens."""
+    completion_tokens = max(1, len(message.split())) * n
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
 
 
 def refusal_chunks(

@@ -33,7 +33,7 @@ from gateway.routing.split import pick
 from gateway.telemetry import Telemetry
 from policies.errors import PolicyError
 from policies.registry_models import RouteEntry
-from safety.refusal import refusal_chunks, refusal_completion
+from safety.refusal import refusal_chunks, refusal_completion, refusal_usage
 from safety.verdict import ChainResult
 
 ROUTED_MODEL = "flywheel"
@@ -304,6 +304,8 @@ class ChatService:
                                     message=self.pipeline.safety.refusal_message):  # fmt: skip
             chunk.pop("flywheel", None)
             yield chunk
+        if state.include_usage:  # as a refused unstreamed request reports it
+            yield state.chunk([], usage=refusal_usage(self.pipeline.safety.refusal_message))
         state.status = "content_filter"
 
     async def _finish_stream(
